@@ -1,0 +1,36 @@
+# ugs_d2: `make run` trains + evaluates the default detector, `make test` runs the tests.
+# Both install everything into .venv on first use (see launch/install.sh).
+#
+#   make install D2_SOURCE=/path/to/detectron2   # use official detectron2 (full C++/CUDA ops)
+#   make run ARGS="ugs=full seed=1"              # any ugs-train overrides
+#   make test PYTEST_ARGS="-k bins"
+
+VENV ?= .venv
+PYTHON ?= python3
+D2_SOURCE ?=
+ARGS ?=
+PYTEST_ARGS ?= -q
+export PYTHON VENV D2_SOURCE
+
+.PHONY: install run test clean-outputs help
+
+help:
+	@sed -n '1,8p' Makefile
+
+install: $(VENV)/.installed
+
+# Re-run the installer when what it installs changes; it skips what is already there.
+$(VENV)/.installed: launch/install.sh launch/requirements.txt launch/detectron2_fallback.py setup.cfg pyproject.toml
+	bash launch/install.sh
+	touch $@
+
+run: install
+	$(VENV)/bin/ugs-train $(ARGS)
+
+# pytest exits 5 when it collects no test (e.g. a -k that matches nothing): not a failure here.
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+clean-outputs:
+	rm -rf outputs multirun
