@@ -1,0 +1,101 @@
+"""Interval-non-uniform (IN) bins, the discretisation of UGS's classification-based localization.
+
+A box coordinate target ``y`` (one detectron2 ``Box2BoxTransform`` delta) is represented as a
+distribution over ``K = n + 1`` grid points ``g_0 < ... < g_n`` spanning ``[-a, a]``:
+
+* :func:`in_grid` builds the grid (paper Eq. 9),
+* :func:`two_hot` turns a continuous target into the soft label on its two neighbouring grid
+  points (Eq. 8),
+* :func:`expectation` decodes predicted logits back to a continuous value (the prediction
+  ``y_hat = sum_i softmax(z)_i * g_i`` that follows Eq. 10).
+
+Shapes: ``K`` is the number of grid points (``num_intervals + 1``); ``...`` is any batch shape.
+"""
+import torch
+from torch import Tensor
+import torch.nn.functional as F
+
+__all__ = ["in_grid", "two_hot", "expectation"]
+
+
+def in_grid(
+    value_range: float, modulator: float, num_intervals: int, *, dtype: torch.dtype = None
+) -> Tensor:
+    """Interval-non-uniform grid (Eq. 9).
+
+    With uniform points ``u_i = -a + 2a*i/n`` (``i = 0..n``)::
+
+        g_i = sign(u_i) * a * (exp(b*|u_i|) - 1) / (exp(b*a) - 1)
+
+    The grid is odd (``g_{n-i} = -g_i``), strictly increasing, and has endpoints ``-a`` and ``a``.
+    With this formula a LARGER modulator ``b`` packs the points closer to zero (the spacing grows
+    exponentially away from zero); ``b -> 0`` is the uniform grid and ``b == 0`` returns it exactly
+    (the limit, not a 0/0). A negative ``b`` packs points towards the ends instead. The paper's
+    prose says both "larger b -> denser near zero" and "smaller b (1.0) ... denser around zero";
+    we follow the formula.
+
+    Args:
+        value_range: ``a > 0``, half-width of the covered target interval.
+        modulator: ``b``, density control; 0 gives the uniform grid.
+        num_intervals: ``n >= 1``; the grid has ``n + 1`` points.
+        dtype: result dtype (default: torch's default dtype). Computed in float64 first.
+
+    Returns:
+        Tensor[n + 1]: the grid points, increasing.
+    """
+    if value_range <= 0 or num_intervals < 1:
+        raise ValueError(
+            f"need value_range > 0 and num_intervals >= 1, got {value_range}, {num_intervals}"
+        )
+    dtype = dtype or torch.get_default_dtype()
+    # a * (k / n) with integer k in [-n, n]: exactly odd, and exactly +-a at the ends.
+    steps = torch.arange(-num_intervals, num_intervals + 1, 2, dtype=torch.float64)
+    uniform = value_range * (steps / num_intervals)
+    if modulator == 0:
+        return uniform.to(dtype)
+    # expm1 keeps the ratio accurate for tiny |b| (where exp(.) - 1 would cancel).
+    end = torch.tensor(modulator * value_range, dtype=torch.float64)
+    scale = torch.expm1(modulator * uniform.abs()) / torch.expm1(end)
+    return (torch.sign(uniform) * value_range * scale).to(dtype)
+
+
+def two_hot(targets: Tensor, grid: Tensor) -> Tensor:
+    """Two-hot soft label of continuous targets on a grid (Eq. 8).
+
+    Targets are clamped to ``[g_0, g_n]``. For ``g_k <= y <= g_{k+1}`` the label puts
+    ``(g_{k+1} - y) / (g_{k+1} - g_k)`` on bin ``k`` and ``(y - g_k) / (g_{k+1} - g_k)`` on bin
+    ``k + 1``, so the weights sum to 1 and ``sum_i w_i * g_i == y``.
+
+    Args:
+        targets: Tensor[...], continuous targets (e.g. encoded box deltas).
+        grid: Tensor[K], increasing grid points (:func:`in_grid`).
+
+    Returns:
+        Tensor[..., K] in the targets' dtype; no gradient flows to the targets through the bin
+        index, only through the weights.
+    """
+    grid = grid.to(device=targets.device, dtype=targets.dtype)
+    y = targets.clamp(min=grid[0].item(), max=grid[-1].item())
+    # index of the left neighbour; the last interval also takes y == g_n
+    left = torch.searchsorted(grid, y.detach().contiguous(), right=True) - 1
+    left = left.clamp(0, grid.numel() - 2)
+    g_left, g_right = grid[left], grid[left + 1]
+    w_right = (y - g_left) / (g_right - g_left)
+    # 1 - w_right rather than (g_right - y)/(...) makes the two weights sum to exactly 1
+    label = torch.zeros(*y.shape, grid.numel(), dtype=y.dtype, device=y.device)
+    label.scatter_(-1, left.unsqueeze(-1), (1 - w_right).unsqueeze(-1))
+    label.scatter_(-1, (left + 1).unsqueeze(-1), w_right.unsqueeze(-1))
+    return label
+
+
+def expectation(logits: Tensor, grid: Tensor) -> Tensor:
+    """Decode bin logits to a continuous value: ``y_hat = sum_i softmax(z)_i * g_i``.
+
+    Args:
+        logits: Tensor[..., K].
+        grid: Tensor[K].
+
+    Returns:
+        Tensor[...]; always inside ``[g_0, g_n]``.
+    """
+    return F.softmax(logits, dim=-1) @ grid.to(device=logits.device, dtype=logits.dtype)
