@@ -1,0 +1,151 @@
+"""Detectron2 config keys of UGS (``MODEL.UGS.*``), their validation, and the class selection.
+
+``add_ugs_config(cfg)`` adds the keys with defaults that switch UGS off (the detectron2
+baseline). ``apply_ugs_architecture(cfg)`` then picks the registered classes that the chosen
+keys need, so that a config never names them by hand.
+"""
+import math
+
+from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "add_ugs_config",
+    "validate_ugs_config",
+    "apply_ugs_architecture",
+    "stage_mode",
+    "params_per_coordinate",
+    "REG_LOSSES",
+    "UR_LEVEL_NAMES",
+]
+
+#: localization losses of a stage whose bins are off: detectron2's own two, and He et al.'s KL
+REG_LOSSES = ("smooth_l1", "giou", "kl")
+#: FPN levels UR may perturb (detectron2's FPN output names)
+UR_LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
+
+
+def add_ugs_config(cfg: CN) -> None:
+    """Add ``MODEL.UGS.*`` to a detectron2 config, in place. Defaults = plain detectron2."""
+    cfg.MODEL.UGS = CN()
+    for stage, value_range, num_intervals in (("RPN", 2.0, 10), ("ROI", 5.0, 5)):
+        node = CN()
+        # True: classification over IN bins (Eqs. 8-10) replaces delta regression in this stage
+        node.ENABLED = False
+        # used when ENABLED is False: detectron2's "smooth_l1" / "giou", or He et al.'s "kl"
+        node.REG_LOSS = "smooth_l1"
+        node.RANGE = value_range  # a in Eq. 9: the grid spans [-a, a] (in encoded-delta units)
+        node.MODULATOR = 1.0  # b in Eq. 9: larger packs bins nearer 0; 0 = uniform grid
+        node.NUM_INTERVALS = num_intervals  # n in Eq. 9: n + 1 bins per coordinate
+        cfg.MODEL.UGS[stage] = node
+    cfg.MODEL.UGS.UM_WEIGHT = 0.0  # weight of the entropy (UM) loss, Eq. 12 (paper best: 0.5)
+    cfg.MODEL.UGS.UR_WEIGHT = 0.0  # gamma of the refinement (UR) loss, Eq. 14; 0 disables UR
+    cfg.MODEL.UGS.UR_RHO = 0.5  # rho of Eq. 15: norm of each image's feature perturbation
+    cfg.MODEL.UGS.UR_LEVELS = list(UR_LEVEL_NAMES)  # FPN levels that UR perturbs
+
+
+def stage_mode(cfg: CN, stage: str) -> str:
+    """How a stage ("RPN" or "ROI") localizes: "bins", "kl", or "native" (detectron2's own)."""
+    node = cfg.MODEL.UGS[stage]
+    if node.ENABLED:
+        return "bins"
+    return "kl" if node.REG_LOSS == "kl" else "native"
+
+
+def params_per_coordinate(cfg: CN, stage: str) -> int:
+    """P, the number of values a stage predicts per box coordinate: n+1 (bins), 2 (kl), 1."""
+    mode = stage_mode(cfg, stage)
+    if mode == "bins":
+        return cfg.MODEL.UGS[stage].NUM_INTERVALS + 1
+    return 2 if mode == "kl" else 1
+
+
+def validate_ugs_config(cfg: CN) -> None:
+    """Raise ``ValueError`` with a one-line message naming the first offending key."""
+    ugs = cfg.MODEL.UGS
+    for stage in ("RPN", "ROI"):
+        node, key = ugs[stage], f"MODEL.UGS.{stage}"
+        _check(node.RANGE > 0, f"{key}.RANGE must be > 0, got {node.RANGE!r}")
+        _check(
+            math.isfinite(node.MODULATOR),
+            f"{key}.MODULATOR must be a finite number, got {node.MODULATOR!r}",
+        )
+        _check(
+            isinstance(node.NUM_INTERVALS, int) and node.NUM_INTERVALS >= 1,
+            f"{key}.NUM_INTERVALS must be an integer >= 1, got {node.NUM_INTERVALS!r}",
+        )
+        _check(
+            node.REG_LOSS in REG_LOSSES,
+            f"{key}.REG_LOSS must be one of {', '.join(REG_LOSSES)}, got {node.REG_LOSS!r}",
+        )
+    for name in ("UM_WEIGHT", "UR_WEIGHT", "UR_RHO"):
+        value = ugs[name]
+        _check(value >= 0, f"MODEL.UGS.{name} must be >= 0, got {value!r}")
+    for level in ugs.UR_LEVELS:
+        _check(
+            level in UR_LEVEL_NAMES,
+            f"MODEL.UGS.UR_LEVELS has unknown level {level!r}; known: {', '.join(UR_LEVEL_NAMES)}",
+        )
+    # UM and UR act on the bin distributions: without bins they would silently do nothing.
+    has_bins = ugs.RPN.ENABLED or ugs.ROI.ENABLED
+    for name in ("UM_WEIGHT", "UR_WEIGHT"):
+        _check(
+            ugs[name] == 0 or has_bins,
+            f"MODEL.UGS.{name} > 0 needs MODEL.UGS.RPN.ENABLED or MODEL.UGS.ROI.ENABLED",
+        )
+    _check(
+        ugs.UR_WEIGHT == 0 or len(ugs.UR_LEVELS) > 0,
+        "MODEL.UGS.UR_LEVELS must not be empty when MODEL.UGS.UR_WEIGHT > 0",
+    )
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# (detectron2's class, UGS class) per config key that names a class
+_RPN_HEAD = ("StandardRPNHead", "UGSRPNHead")
+_PROPOSAL_GENERATOR = ("RPN", "UGSRPN")
+_ROI_HEADS = ("StandardROIHeads", "UGSROIHeads")
+_META_ARCH = ("GeneralizedRCNN", "UGSRCNN")
+
+
+def apply_ugs_architecture(cfg: CN) -> CN:
+    """Select the registered classes that the ``MODEL.UGS`` keys need; ``cfg`` must be mutable.
+
+    * a stage with bins or the KL loss -> that stage's UGS class (``UGSRPN`` + ``UGSRPNHead``,
+      ``UGSROIHeads``);
+    * a stage with "smooth_l1"/"giou" -> detectron2's class, with the loss mirrored into
+      detectron2's ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` / ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``;
+    * any UGS class or UR -> ``UGSRCNN``, else ``GeneralizedRCNN``.
+
+    A key naming some other class (e.g. ``CascadeROIHeads``) is left alone when its stage needs
+    no UGS class; only names this function owns are switched back to detectron2's.
+
+    Returns:
+        ``cfg``, for chaining.
+    """
+    validate_ugs_config(cfg)
+    ugs = cfg.MODEL.UGS
+    rpn_custom = stage_mode(cfg, "RPN") != "native"
+    roi_custom = stage_mode(cfg, "ROI") != "native"
+    if not rpn_custom:
+        cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = ugs.RPN.REG_LOSS
+    if not roi_custom:
+        cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = ugs.ROI.REG_LOSS
+    cfg.MODEL.RPN.HEAD_NAME = _pick(cfg.MODEL.RPN.HEAD_NAME, _RPN_HEAD, rpn_custom)
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = _pick(
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME, _PROPOSAL_GENERATOR, rpn_custom
+    )
+    cfg.MODEL.ROI_HEADS.NAME = _pick(cfg.MODEL.ROI_HEADS.NAME, _ROI_HEADS, roi_custom)
+    cfg.MODEL.META_ARCHITECTURE = _pick(
+        cfg.MODEL.META_ARCHITECTURE, _META_ARCH, rpn_custom or roi_custom or ugs.UR_WEIGHT > 0
+    )
+    return cfg
+
+
+def _pick(current: str, names: tuple, use_ugs: bool) -> str:
+    detectron2_name, ugs_name = names
+    if use_ugs:
+        return ugs_name
+    return detectron2_name if current == ugs_name else current

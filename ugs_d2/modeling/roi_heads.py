@@ -1,0 +1,183 @@
+"""UGS ROI box head: IN-bin classification (or the KL loss) replaces the box-delta regression.
+
+``bbox_pred`` predicts ``P`` values per box coordinate (``P = n + 1`` bin logits with
+``MODEL.UGS.ROI.ENABLED``, ``P = 2`` mean and log-variance with ``REG_LOSS = "kl"``), laid out
+``(C, 4, P)`` with ``C`` = NUM_CLASSES, or 1 with ``MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG``.
+Everything downstream of the predictions (inference, ``train_on_pred_boxes``) sees ordinary
+deltas ``(R, C*4)`` decoded from them. With neither option the classes are detectron2's.
+
+Shapes: R proposals in the batch, F foreground proposals, K = n + 1.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import nonzero_tuple
+from detectron2.modeling.roi_heads import (
+    ROI_HEADS_REGISTRY,
+    FastRCNNOutputLayers,
+    StandardROIHeads,
+)
+from detectron2.structures import Instances
+
+from ..bins import expectation, in_grid
+from ..losses import bin_cross_entropy, entropy, kl_loss
+from .config import params_per_coordinate, stage_mode, validate_ugs_config
+
+__all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
+
+#: loss-dict key of the unweighted (normalised) entropy, emitted only for UGSRCNN's UR (never a loss)
+ENTROPY_KEY = "ugs_entropy_roi"
+
+
+class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """FastRCNNOutputLayers with a UGS box branch.
+
+    ``forward`` is detectron2's and returns ``(scores (R, C+1), box_params (R, C*4*P))``.
+
+    * bins: ``loss_box_reg`` = bin cross-entropy (Eq. 10) of the foreground proposals' encoded
+      GT deltas (MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) for their GT class, summed and divided by
+      the number of sampled proposals, like detectron2's ``box_reg_loss``; ``loss_um_roi`` =
+      UM_WEIGHT * entropy (Eq. 12) of those coordinates, normalised the same way (only when
+      UM_WEIGHT > 0);
+      boxes decode the expected deltas.
+    * kl: ``loss_box_reg`` = KL loss of He et al., same normalisation; boxes decode the means
+      (no variance voting).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape,
+        *,
+        mode: str = "native",
+        params_per_coord: int = 1,
+        grid: Tensor = None,
+        um_weight: float = 0.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            mode: "bins", "kl" or "native".
+            params_per_coord: P, values predicted per box coordinate.
+            grid: Tensor[K], the IN grid (Eq. 9), required for "bins".
+            um_weight: weight of ``loss_um_roi``.
+            input_shape, kwargs: detectron2's ``FastRCNNOutputLayers`` arguments.
+        """
+        super().__init__(input_shape, **kwargs)
+        self.mode = mode
+        self.params_per_coord = params_per_coord
+        self.um_weight = um_weight
+        # set by UGSRCNN when UR needs the entropy even though UM_WEIGHT is 0
+        self.return_entropy = False
+        self.register_buffer("grid", grid if grid is not None else torch.zeros(0), persistent=False)
+        self.num_bbox_reg_classes = self.bbox_pred.out_features // 4  # C, before widening below
+        if params_per_coord != 1:
+            old = self.bbox_pred
+            self.bbox_pred = nn.Linear(old.in_features, old.out_features * params_per_coord)
+            nn.init.normal_(self.bbox_pred.weight, std=0.001)  # detectron2's init
+            nn.init.constant_(self.bbox_pred.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        validate_ugs_config(cfg)
+        ret = super().from_config(cfg, input_shape)
+        node = cfg.MODEL.UGS.ROI
+        ret.update(
+            mode=stage_mode(cfg, "ROI"),
+            params_per_coord=params_per_coordinate(cfg, "ROI"),
+            grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
+            um_weight=cfg.MODEL.UGS.UM_WEIGHT,
+        )
+        return ret
+
+    def _box_params(self, box_params: Tensor) -> Tensor:
+        """(R, C*4*P) -> (R, C, 4, P)."""
+        return box_params.view(-1, self.num_bbox_reg_classes, 4, self.params_per_coord)
+
+    def point_deltas(self, box_params: Tensor) -> Tensor:
+        """(R, C*4*P) head outputs -> (R, C*4) deltas: bin expectation, or the KL mean."""
+        params = self._box_params(box_params)
+        point = expectation(params, self.grid) if self.mode == "bins" else params[..., 0]
+        return point.flatten(1)
+
+    def _fg_box_params(self, box_params: Tensor, gt_classes: Tensor) -> Tuple[Tensor, Tensor]:
+        """Indices (F,) of foreground proposals and their GT class's parameters (F, 4, P)."""
+        fg_inds = nonzero_tuple((gt_classes >= 0) & (gt_classes < self.num_classes))[0]
+        params = self._box_params(box_params)[fg_inds]  # (F, C, 4, P)
+        cls = gt_classes[fg_inds] if params.shape[1] > 1 else torch.zeros_like(fg_inds)
+        return fg_inds, params[torch.arange(len(fg_inds), device=params.device), cls]
+
+    def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
+        """Localization loss over the foreground proposals / number of sampled proposals.
+
+        Args:
+            proposal_boxes, gt_boxes: (R, 4); gt_classes: (R,), as in detectron2.
+            pred_deltas: (R, C*4*P), this head's box parameters (detectron2's deltas if native).
+        """
+        if self.mode == "native":
+            return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
+        fg_inds, params = self._fg_box_params(pred_deltas, gt_classes)
+        targets = self.box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
+        if self.mode == "bins":
+            loss = bin_cross_entropy(params, targets, self.grid).sum()
+        else:
+            loss = kl_loss(params[..., 0], params[..., 1], targets).sum()
+        # detectron2's normalisation: every sampled proposal counts, fg or not
+        return loss / max(gt_classes.numel(), 1.0)
+
+    def losses(self, predictions, proposals: List[Instances]) -> Dict[str, Tensor]:
+        """detectron2's losses (``loss_box_reg`` from :meth:`box_reg_loss`) plus the UM loss."""
+        losses = super().losses(predictions, proposals)
+        if self.mode == "bins" and (self.um_weight > 0 or self.return_entropy):
+            box_params = predictions[1]
+            gt_classes = (
+                torch.cat([p.gt_classes for p in proposals])
+                if len(proposals)
+                else torch.empty(0, dtype=torch.long, device=box_params.device)
+            )
+            _, fg_logits = self._fg_box_params(box_params, gt_classes)  # (F, 4, K)
+            losses.update(self.uncertainty_losses(fg_logits, max(gt_classes.numel(), 1.0)))
+        return losses
+
+    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
+        """UM loss (Eq. 12) on the foreground proposals' bin logits (F, 4, K).
+
+        Normalised exactly like ``loss_box_reg`` (sum over foreground coordinates / sampled
+        proposals), so UM_WEIGHT weighs the entropy against the localization loss itself.
+        """
+        total_entropy = entropy(fg_logits).sum() / normalizer
+        out = {}
+        if self.um_weight > 0:
+            out["loss_um_roi"] = self.um_weight * total_entropy
+        if self.return_entropy:
+            out[ENTROPY_KEY] = total_entropy
+        return out
+
+    def _point_predictions(self, predictions):
+        scores, box_params = predictions[:2]
+        if self.mode == "native":
+            return scores, box_params
+        return scores, self.point_deltas(box_params)
+
+    def predict_boxes(self, predictions, proposals: List[Instances]):
+        """detectron2's decoding, applied to the point deltas (R, C*4) of the box parameters."""
+        return super().predict_boxes(self._point_predictions(predictions), proposals)
+
+    def predict_boxes_for_gt_classes(self, predictions, proposals: List[Instances]):
+        """As :meth:`predict_boxes`, for ``MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES``."""
+        point_predictions = self._point_predictions(predictions)
+        return super().predict_boxes_for_gt_classes(point_predictions, proposals)
+
+
+@ROI_HEADS_REGISTRY.register()
+class UGSROIHeads(StandardROIHeads):
+    """StandardROIHeads whose box predictor is :class:`UGSFastRCNNOutputLayers`."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = UGSFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret

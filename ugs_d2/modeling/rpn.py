@@ -1,0 +1,200 @@
+"""UGS region proposal network: IN-bin classification (or the KL loss) replaces delta regression.
+
+Only the box branch changes. The head's 1x1 box conv predicts ``P`` values per anchor coordinate
+instead of 1: ``P = n + 1`` bin logits with ``MODEL.UGS.RPN.ENABLED``, or ``P = 2`` (mean and
+log-variance) with ``MODEL.UGS.RPN.REG_LOSS = "kl"``. Its channels are laid out as
+``(A, P, 4)`` so that detectron2's unchanged ``RPN.forward`` reshape, which views them as
+``A*P`` groups of 4, yields ``(N, Hi*Wi*A*P, 4)`` per level; :func:`unflatten_box_params` turns
+that into ``(N, Hi*Wi*A, P, 4)``. With neither option (``P = 1``) both classes are detectron2's.
+
+Shapes: N images, L levels, A cell anchors, R = sum_i Hi*Wi*A anchors per image, K = n + 1.
+"""
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
+from detectron2.structures import Boxes
+
+from ..bins import expectation, in_grid
+from ..losses import bin_cross_entropy, entropy, kl_loss
+from .config import params_per_coordinate, stage_mode, validate_ugs_config
+
+__all__ = ["UGSRPNHead", "UGSRPN", "unflatten_box_params"]
+
+#: loss-dict key of the unweighted (normalised) entropy, emitted only for UGSRCNN's UR (never a loss)
+ENTROPY_KEY = "ugs_entropy_rpn"
+
+
+def unflatten_box_params(x: Tensor, params: int) -> Tensor:
+    """(N, R*P, 4) as reshaped by detectron2's ``RPN.forward`` -> (N, R, P, 4)."""
+    return x.view(x.shape[0], -1, params, x.shape[-1])
+
+
+@RPN_HEAD_REGISTRY.register()
+class UGSRPNHead(StandardRPNHead):
+    """StandardRPNHead whose box conv outputs ``A * P * 4`` channels, laid out ``(A, P, 4)``.
+
+    ``forward`` is detectron2's: it returns per level objectness ``(N, A, Hi, Wi)`` and box
+    parameters ``(N, A*P*4, Hi, Wi)``.
+    """
+
+    @configurable
+    def __init__(self, *, params_per_coord: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.params_per_coord = params_per_coord
+        if params_per_coord != 1:
+            old = self.anchor_deltas
+            self.anchor_deltas = nn.Conv2d(
+                old.in_channels, old.out_channels * params_per_coord, kernel_size=1, stride=1
+            )
+            # detectron2's init: near-zero logits give a uniform distribution whose expectation
+            # is 0 (the grid is odd), i.e. proposals start at the anchors as in the baseline;
+            # for KL, log-variance ~ 0.
+            nn.init.normal_(self.anchor_deltas.weight, std=0.01)
+            nn.init.constant_(self.anchor_deltas.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        validate_ugs_config(cfg)
+        ret = super().from_config(cfg, input_shape)
+        ret["params_per_coord"] = params_per_coordinate(cfg, "RPN")
+        return ret
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class UGSRPN(RPN):
+    """detectron2's RPN with the localization loss and the proposal decoding of UGS.
+
+    * bins: ``loss_rpn_loc`` = bin cross-entropy (Eq. 10) of the foreground anchors' encoded GT
+      deltas, summed and divided by ``batch_size_per_image * N`` like detectron2's smooth-L1;
+      ``loss_um_rpn`` = UM_WEIGHT * entropy (Eq. 12) of the foreground anchors' coordinates,
+      normalised the same way (only when UM_WEIGHT > 0); proposals decode the expected deltas.
+    * kl: ``loss_rpn_loc`` = KL loss of He et al. with the same normalisation; proposals decode
+      the means.
+    * native: detectron2's RPN, unchanged.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mode: str = "native",
+        params_per_coord: int = 1,
+        grid: Tensor = None,
+        um_weight: float = 0.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            mode: "bins", "kl" or "native" (see the class docstring).
+            params_per_coord: P, values per coordinate the head predicts (must match the head).
+            grid: Tensor[K], the IN grid (Eq. 9), required for "bins".
+            um_weight: weight of ``loss_um_rpn``.
+            kwargs: detectron2's ``RPN`` arguments.
+        """
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.params_per_coord = params_per_coord
+        self.um_weight = um_weight
+        # set by UGSRCNN when UR needs the entropy even though UM_WEIGHT is 0
+        self.return_entropy = False
+        self.register_buffer("grid", grid if grid is not None else torch.zeros(0), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        validate_ugs_config(cfg)
+        ret = super().from_config(cfg, input_shape)
+        node = cfg.MODEL.UGS.RPN
+        ret.update(
+            mode=stage_mode(cfg, "RPN"),
+            params_per_coord=params_per_coordinate(cfg, "RPN"),
+            grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
+            um_weight=cfg.MODEL.UGS.UM_WEIGHT,
+        )
+        return ret
+
+    def point_deltas(self, box_params: Tensor) -> Tensor:
+        """(..., P, 4) head outputs -> (..., 4) deltas: bin expectation, or the KL mean."""
+        if self.mode == "bins":
+            return expectation(box_params.transpose(-1, -2), self.grid)
+        return box_params[..., 0, :]
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """detectron2's RPN losses with ``loss_rpn_loc`` replaced (and ``loss_um_rpn`` added).
+
+        Args:
+            pred_anchor_deltas: L tensors (N, Hi*Wi*A*P, 4), see the module docstring.
+            others: as detectron2's ``RPN.losses``; ``gt_boxes`` are the matched GT boxes (N x
+                (R, 4)).
+        """
+        if self.mode == "native":
+            return super().losses(
+                anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
+            )
+        P = self.params_per_coord
+        params = cat([unflatten_box_params(x, P) for x in pred_anchor_deltas], dim=1)  # (N,R,P,4)
+        # The parent computes the objectness loss and logs the anchor statistics; its
+        # localization term, fed detached point estimates here, is replaced below.
+        point = [self.point_deltas(params).detach()]
+        losses = super().losses(anchors, pred_objectness_logits, gt_labels, point, gt_boxes)
+        fg_mask = torch.stack(gt_labels) == 1  # (N, R)
+        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        gt_deltas = torch.stack(
+            [self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes]
+        )  # (N, R, 4), detectron2's encoding with MODEL.RPN.BBOX_REG_WEIGHTS
+        fg_params, fg_targets = params[fg_mask], gt_deltas[fg_mask]  # (F, P, 4), (F, 4)
+        normalizer = self.batch_size_per_image * len(gt_labels)  # as detectron2's loss_rpn_loc
+        if self.mode == "bins":
+            logits = fg_params.transpose(1, 2)  # (F, 4, K)
+            loc = bin_cross_entropy(logits, fg_targets, self.grid).sum()
+        else:
+            loc = kl_loss(fg_params[:, 0], fg_params[:, 1], fg_targets).sum()
+        losses["loss_rpn_loc"] = loc / normalizer * self.loss_weight.get("loss_rpn_loc", 1.0)
+        if self.mode == "bins":
+            losses.update(self.uncertainty_losses(logits, normalizer))
+        return losses
+
+    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
+        """UM loss (Eq. 12) on the foreground anchors' bin logits (F, 4, K).
+
+        Normalised exactly like ``loss_rpn_loc`` (sum over foreground coordinates / sampled
+        anchors), so UM_WEIGHT weighs the entropy against the localization loss itself; a
+        per-coordinate mean would make UM ~10x stronger and stall localization.
+        """
+        total_entropy = entropy(fg_logits).sum() / normalizer
+        out = {}
+        if self.um_weight > 0:
+            out["loss_um_rpn"] = self.um_weight * total_entropy
+        if self.return_entropy:
+            out[ENTROPY_KEY] = total_entropy
+        return out
+
+    def predict_proposals(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        image_sizes,
+    ):
+        """detectron2's proposal selection on point deltas decoded from the box parameters."""
+        if self.mode != "native":
+            with torch.no_grad():  # proposals are constants for the ROI heads, as in detectron2
+                pred_anchor_deltas = [
+                    self.point_deltas(unflatten_box_params(x, self.params_per_coord))
+                    for x in pred_anchor_deltas
+                ]
+        return super().predict_proposals(
+            anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes
+        )
