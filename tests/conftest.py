@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny generated dataset and a helper to run the real ``ugs-train`` CLI."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Overrides that make any preset run in seconds on a CPU: tiny images, a few iterations.
+TINY_RUN = [
+    "schedule=smoke",
+    "model.input.min_size_train=[128]",
+    "model.input.max_size_train=128",
+    "model.input.min_size_test=128",
+    "model.input.max_size_test=128",
+    "model.backbone.fpn_channels=32",
+    "model.roi.fc_dim=64",
+    "model.roi.batch_size_per_image=64",
+    "model.rpn.post_nms_topk_test=100",
+    "num_workers=0",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """8 train / 4 val synthetic images of 128 px (generated once per test session)."""
+    from ugs_d2.data import synth
+
+    root = str(tmp_path_factory.mktemp("data") / "synth")
+    synth.generate(root, num_train=8, num_val=4, seed=0, config=synth.SynthConfig(image_size=128))
+    return root
+
+
+def run_ugs_train(args, cwd, timeout=600):
+    """Run ``python -m ugs_d2.train ARGS`` in ``cwd``; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    return subprocess.run(
+        [sys.executable, "-m", "ugs_d2.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,41 @@
+"""Every ``ugs/`` preset trains a few iterations and evaluates, through one real Hydra multirun."""
+import json
+import os
+
+from conftest import TINY_RUN, run_ugs_train
+
+PRESETS = ["off", "giou", "grad_clip", "kl", "ce_uniform", "ce_in", "ce_in_um", "full"]
+
+# loss keys each preset must log in metrics.json (beyond detectron2's objectness/class losses)
+EXPECTED_LOSSES = {
+    "off": {"loss_rpn_loc", "loss_box_reg"},
+    "ce_in_um": {"loss_rpn_loc", "loss_box_reg", "loss_um_rpn", "loss_um_roi"},
+    "full": {"loss_rpn_loc", "loss_box_reg", "loss_um_rpn", "loss_um_roi", "loss_ur"},
+}
+
+
+def _metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_every_preset_trains_and_evaluates(tiny_dataset, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ugs_train(
+        ["-m", f"ugs={','.join(PRESETS)}", *TINY_RUN, f"dataset.root={tiny_dataset}",
+         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.runtime.choices.ugs}"],
+        cwd=str(tmp_path),
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for preset in PRESETS:
+        run_dir = sweep_dir / preset
+        assert (run_dir / "done").is_file(), preset
+        with open(run_dir / "results.json") as f:
+            results = json.load(f)
+        assert {"AP", "AP50", "APs", "per_class_AP"} <= set(results), preset
+        records = [r for r in _metrics(run_dir / "metrics.json") if "total_loss" in r]
+        assert records, preset
+        logged = set(records[-1])
+        assert EXPECTED_LOSSES.get(preset, {"loss_rpn_loc", "loss_box_reg"}) <= logged, (preset, logged)
+        assert os.path.isfile(run_dir / "inference" / "synth_test" / "coco_instances_results.json")

@@ -1,0 +1,130 @@
+"""Check an ``ugs-train`` command line before Hydra runs it, and say what is wrong in one line.
+
+Hydra's own messages for a mistyped key are several lines without suggestions, and a wrong
+value type would only surface inside the job (on a cluster: after queueing). Here the command
+line is composed with Hydra's compose API and converted with ``to_detectron2_cfg`` first, so
+``schedule.max_iterr=10`` fails at once with ``did you mean schedule.max_iter?``. Sweeps
+(``a=1,2``) are checked value by value.
+"""
+import difflib
+import os
+from typing import Iterable, List, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line"]
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
+
+
+class CommandLineError(ValueError):
+    """An override names an unknown key or group option, or an output directory is unusable."""
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
+    keys = []
+    for key, value in cfg.items_ex(resolve=False):
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, DictConfig):
+            keys.extend(_leaf_keys(value, full + "."))
+    return keys
+
+
+def _config_groups() -> List[str]:
+    return sorted(
+        os.path.relpath(root, CONFIG_DIR)
+        for root, dirs, files in os.walk(CONFIG_DIR)
+        if root != CONFIG_DIR and any(f.endswith(".yaml") for f in files)
+    )
+
+
+def _compose(overrides: Iterable[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _unknown_key_message(overrides: List[Override], error: Exception) -> str:
+    """Find the plain override whose key the composed config lacks and suggest close keys."""
+    groups = set(_config_groups())
+    group_overrides = [o.input_line for o in overrides if o.key_or_group in groups]
+    try:
+        base = _compose(group_overrides)
+    except Exception as e:  # a group option itself is wrong: Hydra's message lists the options
+        return str(e).strip().splitlines()[0]
+    known = _leaf_keys(base)
+    for override in overrides:
+        key = override.key_or_group
+        if key in groups or key.startswith("hydra") or override.type == OverrideType.ADD:
+            continue
+        if OmegaConf.select(base, key, default=KeyError) is KeyError:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            return f"unknown override key '{key}'{hint} (use +{key}=... to add a new key)"
+    return str(error).strip().splitlines()[0]
+
+
+def _check_writable(overrides: List[Override]) -> None:
+    """The run/sweep directory's nearest existing parent must be writable."""
+    chosen = {o.key_or_group: o.value() for o in overrides if not o.is_sweep_override()}
+    for key, default in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun")):
+        path = os.path.abspath(str(chosen.get(key, default)))
+        parent = path
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise CommandLineError(f"output directory {path} is not writable ({key}; {parent})")
+
+
+def _combinations(overrides: List[Override]) -> Iterable[List[str]]:
+    """The first value of every sweep, then each further value of one sweep at a time."""
+    values = [
+        list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides
+    ]
+    lines = [
+        [f"{o.get_key_element()}={v}" for v in vs] if o.is_sweep_override() else vs
+        for o, vs in zip(overrides, values)
+    ]
+    base = [vs[0] for vs in lines]
+    yield base
+    for i, vs in enumerate(lines):
+        for v in vs[1:]:
+            yield base[:i] + [v] + base[i + 1:]
+
+
+def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
+    """Raise ``CommandLineError``/``ConfigError`` (one line) if ``argv`` cannot run.
+
+    Returns the composed config of the first sweep combination, or None when the command only
+    asks Hydra for help/information or uses another config.
+    """
+    from ugs_d2.config import to_detectron2_cfg  # imports detectron2: keep --help fast
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return None
+    if args.config_name or args.config_path or args.config_dir:
+        return None
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception as e:
+        raise CommandLineError(str(e).strip().splitlines()[0]) from None
+    _check_writable(overrides)
+
+    job_overrides = [o for o in overrides if not o.key_or_group.startswith("hydra")]
+    first = None
+    for combination in _combinations(job_overrides):
+        try:
+            cfg = _compose(combination)
+        except Exception as e:
+            raise CommandLineError(_unknown_key_message(job_overrides, e)) from None
+        to_detectron2_cfg(cfg)
+        first = cfg if first is None else first
+    GlobalHydra.instance().clear()
+    return first

@@ -1,0 +1,97 @@
+"""The files a finished run leaves behind: ``results.json`` and the ``done`` marker.
+
+Downstream tools (the sweep collector, ``make run``'s summary) read only these, so they are
+written atomically: a crash never leaves a half-written file that looks complete.
+"""
+import json
+import math
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+__all__ = [
+    "COCO_KEYS",
+    "DONE_MARKER",
+    "RESULTS_FILE",
+    "summarize_bbox",
+    "write_json_atomic",
+    "write_results",
+    "read_results",
+    "is_done",
+    "format_metrics",
+]
+
+RESULTS_FILE = "results.json"
+DONE_MARKER = "done"
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _finite_or_none(value: Any) -> Optional[float]:
+    """JSON has no NaN: a metric with no objects to measure (e.g. APl on tiny data) is null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as json to ``path`` through a temporary file and ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def summarize_bbox(
+    eval_results: Mapping[str, Mapping[str, float]], class_names: Sequence[str]
+) -> Dict[str, Any]:
+    """Flatten detectron2's ``{"bbox": {"AP": .., "AP-cls": ..}}`` into the results schema.
+
+    Returns:
+        ``{"AP": .., "AP50": .., ..., "APl": .., "per_class_AP": {class: AP}}`` (percent;
+        None where the metric is undefined, e.g. every class when the model predicted nothing).
+    """
+    bbox = eval_results["bbox"]
+    summary: Dict[str, Any] = {key: _finite_or_none(bbox[key]) for key in COCO_KEYS}
+    summary["per_class_AP"] = {
+        name: _finite_or_none(bbox.get(f"AP-{name}", math.nan)) for name in class_names
+    }
+    # any extra buckets an evaluator adds (e.g. tiny-object areas) are kept as they are
+    for key, value in bbox.items():
+        if key not in summary and not key.startswith("AP-"):
+            summary[key] = _finite_or_none(value)
+    return summary
+
+
+def write_results(output_dir: str, metrics: Mapping[str, Any], **info: Any) -> str:
+    """Write ``results.json`` (metrics plus run info) and then the ``done`` marker."""
+    path = os.path.join(output_dir, RESULTS_FILE)
+    write_json_atomic(path, {**metrics, **info})
+    with open(os.path.join(output_dir, DONE_MARKER), "w") as f:
+        f.write("done\n")
+    return path
+
+
+def is_done(output_dir: str) -> bool:
+    return os.path.isfile(os.path.join(output_dir, DONE_MARKER)) and os.path.isfile(
+        os.path.join(output_dir, RESULTS_FILE)
+    )
+
+
+def read_results(output_dir: str) -> Dict[str, Any]:
+    with open(os.path.join(output_dir, RESULTS_FILE)) as f:
+        return json.load(f)
+
+
+def format_metrics(results: Mapping[str, Any]) -> str:
+    """One line of the COCO metrics, e.g. ``AP 31.2 | AP50 55.0 | ... | APl n/a``."""
+    cells = []
+    for key in COCO_KEYS:
+        value = results.get(key)
+        cells.append(f"{key} {value:.1f}" if value is not None else f"{key} n/a")
+    return " | ".join(cells)

@@ -1,0 +1,157 @@
+"""``ugs-train`` (also ``python -m ugs_d2.train``): train and evaluate a detector from ``configs/``.
+
+Examples::
+
+    ugs-train                                   # tiny R18-FPN on the embedded synthetic set
+    ugs-train ugs=full schedule.max_iter=2000   # full UGS
+    ugs-train -m ugs=off,full seed=0,1,2        # a Hydra multirun sweep
+    ugs-train --cfg job                         # print the composed config and exit
+
+Each run directory (``outputs/<name>/<overrides>`` or ``multirun/<name>/<overrides>``) holds
+the resolved config (``.hydra/``, ``detectron2_config.yaml``), ``metrics.json``, checkpoints,
+``results.json`` and, once everything is written, a ``done`` marker. Rerunning the same command
+continues from the last checkpoint, or only prints the results when the run is done.
+"""
+import hashlib
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
+from ugs_d2.config import ConfigError, to_detectron2_cfg
+from ugs_d2.data.datasets import DatasetError, register_dataset
+from ugs_d2.evaluation import results as results_io
+
+logger = logging.getLogger("ugs_d2")
+
+MAX_DIRNAME = 120
+
+
+def run_dirname(override_dirname: str) -> str:
+    """Hydra's ``override_dirname`` as one safe path component.
+
+    Overrides may hold paths (``dataset.root=/data/x``) and many of them exceed a file
+    name's 255 bytes, so '/' is escaped and a long name keeps its start plus a hash of the rest.
+    """
+    name = override_dirname.replace("/", "%") or "default"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_DIRNAME - 13]}-{digest}"
+    return name
+
+
+OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
+
+
+def _setup_logging(output_dir: str) -> None:
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(output_dir, name="detectron2", abbrev_name="d2")
+    setup_logger(output_dir, name="ugs_d2")
+
+
+def _print_results(results: Dict[str, Any], output_dir: str) -> None:
+    print(f"[ugs-train] {output_dir}")
+    print(f"[ugs-train] bbox: {results_io.format_metrics(results)}")
+    per_class = results.get("per_class_AP") or {}
+    if per_class:
+        cells = ", ".join(
+            f"{name} {ap:.1f}" if ap is not None else f"{name} n/a" for name, ap in per_class.items()
+        )
+        print(f"[ugs-train] per-class AP: {cells}")
+    if "wall_time_s" in results:
+        print(f"[ugs-train] {results['iterations']} iterations in {results['wall_time_s']:.0f} s")
+
+
+def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
+    """Train (unless ``eval_only``), evaluate, and write ``results.json`` + ``done``.
+
+    Returns the results dict (Hydra's multirun keeps it as the job's return value).
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.utils.env import seed_all_rng
+
+    from ugs_d2.compat import describe_detectron2
+    from ugs_d2.engine.trainer import UGSTrainer
+
+    os.makedirs(output_dir, exist_ok=True)
+    if cfg.resume and results_io.is_done(output_dir):
+        results = results_io.read_results(output_dir)
+        print(f"[ugs-train] already done (delete {output_dir} or set resume=false to rerun)")
+        _print_results(results, output_dir)
+        return results
+
+    _setup_logging(output_dir)
+    from detectron2.data import MetadataCatalog
+
+    register_dataset(cfg.dataset)
+    train_classes = MetadataCatalog.get(f"{cfg.dataset.name}_train").thing_classes
+    d2_cfg = to_detectron2_cfg(cfg, output_dir, num_classes=len(train_classes))
+    with open(os.path.join(output_dir, "detectron2_config.yaml"), "w") as f:
+        f.write(d2_cfg.dump())
+    logger.info(describe_detectron2())
+    seed_all_rng(d2_cfg.SEED)
+
+    start = time.perf_counter()
+    if cfg.eval_only:
+        model = UGSTrainer.build_model(d2_cfg)
+        DetectionCheckpointer(model, save_dir=output_dir).resume_or_load(
+            d2_cfg.MODEL.WEIGHTS, resume=bool(cfg.resume)
+        )
+        eval_results = UGSTrainer.test(d2_cfg, model)
+        iterations = 0
+    else:
+        trainer = UGSTrainer(d2_cfg)
+        trainer.resume_or_load(resume=bool(cfg.resume))
+        trainer.train()
+        eval_results = trainer.last_eval_results
+        iterations = d2_cfg.SOLVER.MAX_ITER
+
+    from detectron2.utils import comm
+
+    if not comm.is_main_process():  # only rank 0 holds the evaluation results
+        return {}
+    class_names = MetadataCatalog.get(d2_cfg.DATASETS.TEST[0]).thing_classes
+    results = results_io.summarize_bbox(eval_results, class_names)
+    results_io.write_results(
+        output_dir,
+        results,
+        iterations=iterations,
+        wall_time_s=round(time.perf_counter() - start, 1),
+        dataset=d2_cfg.DATASETS.TEST[0],
+        detectron2=describe_detectron2(),
+        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    )
+    results = results_io.read_results(output_dir)
+    _print_results(results, output_dir)
+    return results
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        return run(cfg, output_dir)
+    except (ConfigError, DatasetError) as e:
+        raise SystemExit(f"ugs-train: {e}") from None
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: validate the command line (one-line errors), then hand it to Hydra."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        validate_command_line(argv)
+    except (CommandLineError, ConfigError) as e:
+        raise SystemExit(f"ugs-train: {e}") from None
+    sys.argv = [sys.argv[0]] + argv
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
