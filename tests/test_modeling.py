@@ -368,3 +368,31 @@ def test_rpn_box_params_layout_survives_detectron2_reshape():
     params = unflatten_box_params(captured["d"][0], P)  # (1, H*W*A, P, 4)
     r = (h * W + w) * A + a
     assert torch.equal(params[0, r, p, c], code.float())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_rpn_decodes_only_selectable_anchors_with_the_same_result(training):
+    """UGSRPN.predict_proposals (top-k first, then decode) equals decoding every anchor."""
+    from detectron2.modeling.proposal_generator.rpn import RPN
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(RPN__ENABLED=True)
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 50
+    model = build_model(cfg).train(training)
+    rpn = model.proposal_generator
+    images = ImageList(torch.zeros(2, 3, 128, 128), [(128, 96), (96, 128)])
+    features = {f: torch.randn(2, 32, 128 // s, 128 // s) for f, s in zip(["p2", "p3", "p4", "p5", "p6"], [4, 8, 16, 32, 64])}
+    feats = [features[f] for f in rpn.in_features]
+    anchors = rpn.anchor_generator(feats)
+    logits, params = rpn.rpn_head(feats)
+    logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
+    params = [
+        x.view(x.shape[0], -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+        for x in params
+    ]
+    fast = rpn.predict_proposals(anchors, logits, params, images.image_sizes)
+    point = [rpn.point_deltas(unflatten_box_params(x, rpn.params_per_coord)) for x in params]
+    slow = RPN.predict_proposals(rpn, anchors, logits, point, images.image_sizes)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a.proposal_boxes.tensor, b.proposal_boxes.tensor, atol=1e-5)
+        assert torch.allclose(a.objectness_logits, b.objectness_logits)

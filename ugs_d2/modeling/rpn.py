@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes
 
@@ -188,13 +189,39 @@ class UGSRPN(RPN):
         pred_anchor_deltas: List[Tensor],
         image_sizes,
     ):
-        """detectron2's proposal selection on point deltas decoded from the box parameters."""
-        if self.mode != "native":
-            with torch.no_grad():  # proposals are constants for the ROI heads, as in detectron2
-                pred_anchor_deltas = [
-                    self.point_deltas(unflatten_box_params(x, self.params_per_coord))
-                    for x in pred_anchor_deltas
-                ]
-        return super().predict_proposals(
-            anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes
-        )
+        """detectron2's proposal selection, decoding only the anchors that can be selected.
+
+        ``find_top_rpn_proposals`` keeps the ``pre_nms_topk`` anchors of each level by
+        objectness before NMS. Decoding a bin distribution (a softmax over K bins) is costlier
+        than applying a delta, so those anchors are picked first and only they are decoded; the
+        selection and the result are the same as decoding every anchor.
+        """
+        if self.mode == "native":
+            return super().predict_proposals(
+                anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes
+            )
+        pre_nms_topk = self.pre_nms_topk[self.training]
+        with torch.no_grad():  # proposals are constants for the ROI heads, as in detectron2
+            top_logits, top_proposals = [], []
+            for anchors_i, logits_i, params_i in zip(anchors, pred_objectness_logits, pred_anchor_deltas):
+                logits_i, keep = logits_i.topk(min(pre_nms_topk, logits_i.shape[1]), dim=1)  # (N, k)
+                params = unflatten_box_params(params_i, self.params_per_coord)  # (N, R_i, P, 4)
+                params = torch.gather(
+                    params, 1, keep[:, :, None, None].expand(-1, -1, *params.shape[2:])
+                )  # (N, k, P, 4)
+                deltas = self.point_deltas(params)  # (N, k, 4)
+                boxes = self.box2box_transform.apply_deltas(
+                    deltas.reshape(-1, 4), anchors_i.tensor[keep].reshape(-1, 4)
+                )
+                top_logits.append(logits_i)
+                top_proposals.append(boxes.view(*keep.shape, -1))
+            return find_top_rpn_proposals(
+                top_proposals,
+                top_logits,
+                image_sizes,
+                self.nms_thresh,
+                pre_nms_topk,
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+            )
