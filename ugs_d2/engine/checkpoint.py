@@ -1,0 +1,110 @@
+"""Checkpoints that a crash never leaves half-written.
+
+fvcore's ``Checkpointer.save`` streams ``torch.save`` straight into ``model_XXXXXXX.pth`` and then
+rewrites ``last_checkpoint`` in place. A job killed in between (``kill -9``, a SLURM preemption,
+an out-of-memory kill) can leave a truncated checkpoint that ``last_checkpoint`` already names,
+or an empty ``last_checkpoint``, and the requeued job then fails to resume. Here both files are
+written to a temporary file in the same directory and moved into place with ``os.replace``
+(atomic on POSIX), the checkpoint before the tag that names it, so ``last_checkpoint`` only
+ever names a complete checkpoint.
+"""
+import logging
+import os
+import tempfile
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicCheckpointer", "TMP_PREFIX", "LAST_CHECKPOINT", "write_bytes_atomic"]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+# Temporary files start with this and do not end with ".pth", so that neither
+# ``get_all_checkpoint_files`` (max_to_keep) nor a glob for checkpoints ever sees one.
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str, write, mode: str = "wb") -> None:
+    """Create ``path`` atomically: ``write(file)`` fills a temporary file next to it, which is
+    flushed to disk and then renamed over ``path``. On any error the temporary file is removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TMP_PREFIX}{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` whose ``save`` and ``tag_last_checkpoint`` are atomic.
+
+    Non-local save directories (``s3://``, ``manifold://``; written through the path manager)
+    keep fvcore's behaviour. ``resume_or_load`` logs where a resumed run continues from.
+    """
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not _is_local(self.save_dir):
+            return super().save(name, **kwargs)
+
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        os.makedirs(self.save_dir, exist_ok=True)
+        write_bytes_atomic(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not _is_local(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        write_bytes_atomic(save_file, lambda f: f.write(last_filename_basename), mode="w")
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if resume and self.has_checkpoint():
+            checkpoint = self.get_checkpoint_file()
+            trainer = self.checkpointables.get("trainer")
+            ret = super().resume_or_load(path, resume=resume)
+            iteration = getattr(trainer, "iter", None) if trainer is not None else None
+            if iteration is not None:
+                logger.info(
+                    f"Resuming from {checkpoint}: iteration {iteration} was the last one trained, "
+                    f"continuing at iteration {iteration + 1}"
+                )
+            else:
+                logger.info(f"Resuming from {checkpoint}")
+            return ret
+        return super().resume_or_load(path, resume=resume)
