@@ -19,6 +19,9 @@ __all__ = [
     "HAS_COMPILED_OPS",
     "describe_detectron2",
     "coco_evaluator_kwargs",
+    "create_local_process_group",
+    "create_ddp_model",
+    "use_device_aware_ddp",
 ]
 
 DETECTRON2_VERSION = detectron2.__version__
@@ -57,3 +60,50 @@ def coco_evaluator_kwargs() -> dict:
     The C++ COCOeval fast path exists only with compiled ops; pycocotools is used otherwise.
     """
     return {"use_fast_impl": HAS_COMPILED_OPS}
+
+
+def create_local_process_group(num_processes_per_machine: int) -> None:
+    """Create detectron2's per-machine process group after ``dist.init_process_group``.
+
+    ``comm.get_local_rank()``/``get_local_size()`` need it. Upstream detectron2 has
+    ``comm.create_local_process_group``; 0.6 expects its own ``launch`` to set the private
+    ``comm._LOCAL_PROCESS_GROUP``, so the same groups are built here.
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if hasattr(comm, "create_local_process_group"):  # upstream main
+        comm.create_local_process_group(num_processes_per_machine)
+        return
+    world_size, rank = dist.get_world_size(), dist.get_rank()  # 0.6
+    assert world_size % num_processes_per_machine == 0, (world_size, num_processes_per_machine)
+    for machine in range(world_size // num_processes_per_machine):
+        first = machine * num_processes_per_machine
+        group = dist.new_group(list(range(first, first + num_processes_per_machine)))  # collective
+        if machine == rank // num_processes_per_machine:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def create_ddp_model(model, *, fp16_compression: bool = False, **kwargs):
+    """detectron2's ``create_ddp_model`` that also works for CPU models (gloo).
+
+    Both 0.6 and upstream pass ``device_ids=[local_rank]``, which ``DistributedDataParallel``
+    rejects for a CPU module; for those, ``device_ids`` is left out.
+    """
+    from detectron2.engine import defaults
+
+    original = getattr(defaults, "_ugs_original_create_ddp_model", defaults.create_ddp_model)
+    first_param = next(model.parameters(), None)
+    if first_param is not None and first_param.device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return original(model, fp16_compression=fp16_compression, **kwargs)
+
+
+def use_device_aware_ddp() -> None:
+    """Make ``DefaultTrainer`` (which calls ``detectron2.engine.defaults.create_ddp_model``)
+    wrap CPU models correctly; called once in each distributed worker process."""
+    from detectron2.engine import defaults
+
+    if not hasattr(defaults, "_ugs_original_create_ddp_model"):
+        defaults._ugs_original_create_ddp_model = defaults.create_ddp_model
+        defaults.create_ddp_model = create_ddp_model
