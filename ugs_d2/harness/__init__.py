@@ -1,0 +1,1 @@
+"""Research-harness glue around ``ugs-train``: Hydra callbacks (sweep collection)."""
