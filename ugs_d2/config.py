@@ -192,6 +192,15 @@ def to_detectron2_cfg(
     d2.SOLVER.CLIP_GRADIENTS.ENABLED = clip > 0
     d2.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
     d2.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = clip if clip > 0 else 1.0
+
+    # gradient-variance probe (ugs_d2.engine.gradvar); changes no training computation
+    d2.GRADVAR = CfgNode()
+    d2.GRADVAR.ENABLED = get("gradvar.enabled", boolean)
+    d2.GRADVAR.WINDOW = get("gradvar.window", integer)
+    d2.GRADVAR.PERIOD = get("gradvar.period", integer)
+    for key in ("window", "period"):
+        if get(f"gradvar.{key}", integer) < 1:
+            raise ConfigError(f"gradvar.{key}: expected a positive integer")
     try:
         validate_ugs_config(d2)
     except ValueError as e:  # name the Hydra key, not the CfgNode key

@@ -15,6 +15,7 @@ continues from the last checkpoint, or only prints the results when the run is d
 import hashlib
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -50,10 +51,12 @@ OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
 
 
 def _setup_logging(output_dir: str) -> None:
+    from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
 
-    setup_logger(output_dir, name="detectron2", abbrev_name="d2")
-    setup_logger(output_dir, name="ugs_d2")
+    rank = comm.get_rank()  # DDP: rank 0 logs to the console and log.txt, rank r to log.txt.rank<r>
+    setup_logger(output_dir, distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    setup_logger(output_dir, distributed_rank=rank, name="ugs_d2")
 
 
 def _print_results(results: Dict[str, Any], output_dir: str) -> None:
@@ -107,9 +110,13 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
         eval_results = UGSTrainer.test(d2_cfg, model)
         iterations = 0
     else:
-        trainer = UGSTrainer(d2_cfg)
+        trainer = UGSTrainer(d2_cfg, run_cfg=cfg)  # run_cfg: W&B settings + logged config
         trainer.resume_or_load(resume=bool(cfg.resume))
         trainer.train()
+        if OmegaConf.select(cfg, "launcher.check_weights", default=False):
+            from ugs_d2.engine.launch import write_weights_sha256
+
+            write_weights_sha256(trainer.model, output_dir)  # DDP check: one file per rank
         eval_results = trainer.last_eval_results
         iterations = d2_cfg.SOLVER.MAX_ITER
 
@@ -135,11 +142,33 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    from torch.multiprocessing import ProcessRaisedException
+
+    from ugs_d2.config import resolve_device
+    from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
+
     output_dir = HydraConfig.get().runtime.output_dir
     try:
-        return run(cfg, output_dir)
-    except (ConfigError, DatasetError) as e:
-        raise SystemExit(f"ugs-train: {e}") from None
+        # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
+        # rank runs `run` on the same run directory, rank 0 writes results.json.
+        # `run` by its module path: as __main__.run (python -m, or cloudpickled into a submitit
+        # job) spawned ranks could not unpickle it
+        from ugs_d2 import train as this_module
+
+        results = launch_from_config(
+            this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
+            use_cuda=resolve_device(cfg.device) == "cuda",
+        )
+    except (ConfigError, DatasetError, LaunchConfigError) as e:
+        raise failure(f"ugs-train: {e}") from None  # SystemExit; RuntimeError in a submitit job
+    except ProcessRaisedException as e:  # a spawned rank failed; its traceback is printed above
+        last = str(e).strip().splitlines()[-1]  # "pkg.module.DatasetError: dataset.root: ..."
+        if re.match(r"^[\w.]+\.(ConfigError|DatasetError): ", last):
+            last = last.split(": ", 1)[1]
+        raise failure(f"ugs-train: {last}") from None
+    if results is None:  # ran in spawned processes: rank 0 wrote the results
+        results = results_io.read_results(output_dir) if results_io.is_done(output_dir) else {}
+    return results
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -8,6 +8,9 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
 
 from ugs_d2 import compat
+from ugs_d2.engine.checkpoint import AtomicCheckpointer
+from ugs_d2.engine.wandb_writer import build_wandb_writer
+from ugs_d2.evaluation.metrics import repair_truncated_tail
 
 __all__ = ["TrainingDiverged", "UGSTrainer", "stop_on_non_finite_loss"]
 
@@ -44,6 +47,26 @@ class UGSTrainer(DefaultTrainer):
     """DefaultTrainer that evaluates with COCOEvaluator (pycocotools where no C++ ops exist),
     writes ``metrics.json`` and console logs, and stops on the first non-finite loss."""
 
+    def __init__(self, cfg, run_cfg=None):
+        """
+        Args:
+            cfg: the detectron2 CfgNode.
+            run_cfg: the resolved Hydra config of the run (its ``wandb:`` block and ``resume``;
+                logged as the W&B config), or None for no W&B.
+        """
+        self.run_cfg = run_cfg  # read by build_writers, which DefaultTrainer.__init__ calls
+        super().__init__(cfg)
+        # Atomic checkpoints: replace DefaultTrainer's checkpointer, also in the hooks that hold it
+        # (PeriodicCheckpointer), so that a kill never leaves a truncated checkpoint behind.
+        old = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        for hook in self._hooks:
+            for attr, value in list(vars(hook).items()):
+                if value is old:
+                    setattr(hook, attr, self.checkpointer)
+
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
@@ -63,11 +86,33 @@ class UGSTrainer(DefaultTrainer):
             **compat.coco_evaluator_kwargs(),
         )
 
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        gradvar = self.cfg.get("GRADVAR")  # absent from configs not made by to_detectron2_cfg
+        if gradvar is not None and gradvar.ENABLED:  # gradient-variance probe, paper Sec. 4.6
+            from detectron2.engine.hooks import PeriodicWriter
+
+            from ugs_d2.engine.gradvar import GradVarHook
+
+            probe = GradVarHook(gradvar.WINDOW, gradvar.PERIOD)
+            # before the writers, so that they see the statistics of the same step
+            writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), None)
+            hooks.insert(len(hooks) if writer is None else writer, probe)
+        return hooks
+
     def build_writers(self):
-        return [
-            CommonMetricPrinter(self.max_iter),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-        ]
+        metrics_file = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
+        repair_truncated_tail(metrics_file)  # a line cut by a kill; JSONWriter appends after it
+        writers = [CommonMetricPrinter(self.max_iter), JSONWriter(metrics_file)]
+        if self.run_cfg is not None:  # W&B per the run config's wandb: block (None: off)
+            wandb_writer = build_wandb_writer(
+                self.run_cfg,
+                self.cfg.OUTPUT_DIR,
+                continuing=bool(self.run_cfg.get("resume", False)) and self.checkpointer.has_checkpoint(),
+            )
+            if wandb_writer is not None:
+                writers.append(wandb_writer)
+        return writers
 
     @property
     def last_eval_results(self):
