@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ugs_d2.cli.validate import CONFIG_DIR
+from ugs_d2.fileio import write_text_atomic
 
 __all__ = [
     "BenchError",
@@ -624,21 +625,6 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".overhead-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # command line
 
@@ -739,7 +725,7 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
         loads.append(os.getloadavg()[0])
     command = " ".join([invoked_as, shlex.join(argv)]).strip()
     report = format_report(outcome, command, started, wall_s, loads)
-    _write_atomic(args.out, report)
+    write_text_atomic(args.out, report)
     print(report)
     log(f"wrote {args.out} ({wall_s:.0f} s)")
     outcome["report"] = report

@@ -35,11 +35,11 @@ import re
 import shlex
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ugs_d2.evaluation.results import COCO_KEYS, DONE_MARKER, RESULTS_FILE, is_done, read_results
+from ugs_d2.evaluation.results import COCO_KEYS, RESULTS_FILE, is_done, read_results
+from ugs_d2.fileio import write_atomic, write_text_atomic
 
 __all__ = [
     "FAILED_MARKER",
@@ -377,29 +377,6 @@ def render_csv(collection: Collection) -> str:
     return out.getvalue()
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-
-    _write_atomic(path, write)
-
-
 # --------------------------------------------------------------------------------------------
 # plots
 
@@ -416,7 +393,7 @@ def _save_figure(fig: Any, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
 
 
 def _safe(name: str) -> str:
@@ -540,8 +517,8 @@ def write_outputs(collection: Collection, out: str, plots: bool = True) -> Dict[
     """Write ``<out>.md``, ``<out>.csv`` and (``plots``) the PNGs; returns their paths."""
     markdown = render_markdown(collection, regenerate_command(collection.sweep_dir, out))
     written: Dict[str, Any] = {"md": f"{out}.md", "csv": f"{out}.csv", "png": []}
-    _write_text(written["md"], markdown)
-    _write_text(written["csv"], render_csv(collection))
+    write_text_atomic(written["md"], markdown)
+    write_text_atomic(written["csv"], render_csv(collection))
     if plots:
         written["png"] = plot_params(collection, out)
         gradvar = plot_gradvar(collection, out)

@@ -46,13 +46,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from ugs_d2.fileio import write_atomic, write_json_atomic
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -638,22 +639,11 @@ _IMAGE_NAME = re.compile(r"^(\d{6,})\.png$")
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write via a temp file in the same directory + ``os.replace``: readers never see a
-    half-written file, and an interrupted run leaves the previous version intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8"))
+    write_json_atomic(path, obj, sort_keys=True, separators=(",", ":"))
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

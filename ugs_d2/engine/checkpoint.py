@@ -10,51 +10,18 @@ ever names a complete checkpoint.
 """
 import logging
 import os
-import tempfile
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "TMP_PREFIX", "LAST_CHECKPOINT", "write_bytes_atomic"]
+from ugs_d2.fileio import TMP_PREFIX, write_atomic
+
+__all__ = ["AtomicCheckpointer", "TMP_PREFIX", "LAST_CHECKPOINT"]
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
-# Temporary files start with this and do not end with ".pth", so that neither
-# ``get_all_checkpoint_files`` (max_to_keep) nor a glob for checkpoints ever sees one.
-TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: str, write, mode: str = "wb") -> None:
-    """Create ``path`` atomically: ``write(file)`` fills a temporary file next to it, which is
-    flushed to disk and then renamed over ``path``. On any error the temporary file is removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TMP_PREFIX}{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 def _is_local(path: str) -> bool:
@@ -84,14 +51,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
         assert os.path.basename(save_file) == basename, basename
         self.logger.info(f"Saving checkpoint to {save_file}")
         os.makedirs(self.save_dir, exist_ok=True)
-        write_bytes_atomic(save_file, lambda f: torch.save(data, f))
+        write_atomic(save_file, lambda f: torch.save(data, f), durable=True)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not _is_local(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
         save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
-        write_bytes_atomic(save_file, lambda f: f.write(last_filename_basename), mode="w")
+        write_atomic(save_file, lambda f: f.write(last_filename_basename), mode="w", durable=True)
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         if resume and self.has_checkpoint():

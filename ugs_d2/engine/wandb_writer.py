@@ -104,7 +104,7 @@ def wandb_run_id(run_dir: str, continuing: bool) -> str:
     """The W&B run id of ``run_dir``: the stored one when the training continues from a
     checkpoint of this run directory, otherwise a new one (a hash of the absolute run
     directory plus a random part), which is stored for the next resume."""
-    from ugs_d2.engine.checkpoint import write_bytes_atomic
+    from ugs_d2.fileio import write_text_atomic
 
     path = os.path.join(run_dir, RUN_ID_FILE)
     if continuing and os.path.isfile(path):
@@ -115,7 +115,7 @@ def wandb_run_id(run_dir: str, continuing: bool) -> str:
     digest = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:12]
     run_id = f"{digest}{secrets.token_hex(4)}"
     os.makedirs(run_dir, exist_ok=True)
-    write_bytes_atomic(path, lambda f: f.write(run_id + "\n"), mode="w")
+    write_text_atomic(path, run_id + "\n")
     return run_id
 
 

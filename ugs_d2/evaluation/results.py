@@ -6,8 +6,9 @@ written atomically: a crash never leaves a half-written file that looks complete
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence
+
+from ugs_d2.fileio import write_json_atomic
 
 __all__ = [
     "COCO_KEYS",
@@ -30,21 +31,6 @@ def _finite_or_none(value: Any) -> Optional[float]:
     """JSON has no NaN: a metric with no objects to measure (e.g. APl on tiny data) is null."""
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as json to ``path`` through a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def summarize_bbox(
@@ -71,7 +57,7 @@ def summarize_bbox(
 def write_results(output_dir: str, metrics: Mapping[str, Any], **info: Any) -> str:
     """Write ``results.json`` (metrics plus run info) and then the ``done`` marker."""
     path = os.path.join(output_dir, RESULTS_FILE)
-    write_json_atomic(path, {**metrics, **info})
+    write_json_atomic(path, {**metrics, **info}, indent=2, sort_keys=True, allow_nan=False)
     with open(os.path.join(output_dir, DONE_MARKER), "w") as f:
         f.write("done\n")
     return path

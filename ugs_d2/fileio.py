@@ -1,0 +1,76 @@
+"""Atomic file writes: a reader (or a rerun after a kill) never sees a half-written file.
+
+Every file that downstream tools trust (checkpoints, ``results.json``, dataset json, result
+tables) is written through :func:`write_atomic`: the content goes to a temporary file in the
+same directory, which is then renamed over the target.
+"""
+import json
+import os
+import tempfile
+from typing import IO, Any, Callable
+
+__all__ = ["TMP_PREFIX", "write_atomic", "write_text_atomic", "write_json_atomic"]
+
+# Temporary files start with this and never end in the target's name, so globs for
+# checkpoints (``*.pth``) or results never pick one up.
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str, write: Callable[[IO], None], mode: str = "wb", durable: bool = False
+) -> None:
+    """Create or replace ``path`` atomically; ``write(file)`` fills the file.
+
+    Args:
+        path: the target; its directory is created if missing.
+        write: called once with the open temporary file.
+        mode: ``"wb"`` or ``"w"``.
+        durable: fsync the file and its directory before returning (checkpoints: survive a
+            node crash, not only a killed process).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TMP_PREFIX}{os.path.basename(path)}.")
+    try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if durable:
+        _fsync_dir(directory)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text), mode="w")
+
+
+def write_json_atomic(path: str, obj: Any, **dumps_kwargs: Any) -> None:
+    """``json.dumps(obj, **dumps_kwargs)`` plus a final newline, written atomically."""
+    write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
