@@ -8,6 +8,8 @@ import math
 
 from detectron2.config import CfgNode as CN
 
+from ..bins import in_grid
+
 __all__ = [
     "add_ugs_config",
     "validate_ugs_config",
@@ -57,6 +59,18 @@ def params_per_coordinate(cfg: CN, stage: str) -> int:
     if mode == "bins":
         return cfg.MODEL.UGS[stage].NUM_INTERVALS + 1
     return 2 if mode == "kl" else 1
+
+
+def stage_kwargs(cfg: CN, stage: str) -> dict:
+    """Constructor arguments shared by the UGS RPN and box predictor (``stage``: RPN | ROI):
+    the stage's mode, values per coordinate, IN grid (Eq. 9) and the UM weight."""
+    node = cfg.MODEL.UGS[stage]
+    return dict(
+        mode=stage_mode(cfg, stage),
+        params_per_coord=params_per_coordinate(cfg, stage),
+        grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
+        um_weight=cfg.MODEL.UGS.UM_WEIGHT,
+    )
 
 
 def validate_ugs_config(cfg: CN) -> None:

@@ -22,9 +22,9 @@ from detectron2.modeling.roi_heads import (
 )
 from detectron2.structures import Instances
 
-from ..bins import expectation, in_grid
+from ..bins import expectation
 from ..losses import bin_cross_entropy, entropy, kl_loss
-from .config import params_per_coordinate, stage_mode, validate_ugs_config
+from .config import stage_kwargs, validate_ugs_config
 
 __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
 
@@ -84,13 +84,7 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         validate_ugs_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        node = cfg.MODEL.UGS.ROI
-        ret.update(
-            mode=stage_mode(cfg, "ROI"),
-            params_per_coord=params_per_coordinate(cfg, "ROI"),
-            grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
-            um_weight=cfg.MODEL.UGS.UM_WEIGHT,
-        )
+        ret.update(stage_kwargs(cfg, "ROI"))
         return ret
 
     def _box_params(self, box_params: Tensor) -> Tensor:

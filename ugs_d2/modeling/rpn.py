@@ -21,9 +21,9 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes
 
-from ..bins import expectation, in_grid
+from ..bins import expectation
 from ..losses import bin_cross_entropy, entropy, kl_loss
-from .config import params_per_coordinate, stage_mode, validate_ugs_config
+from .config import params_per_coordinate, stage_kwargs, validate_ugs_config
 
 __all__ = ["UGSRPNHead", "UGSRPN", "unflatten_box_params"]
 
@@ -110,13 +110,7 @@ class UGSRPN(RPN):
     def from_config(cls, cfg, input_shape):
         validate_ugs_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        node = cfg.MODEL.UGS.RPN
-        ret.update(
-            mode=stage_mode(cfg, "RPN"),
-            params_per_coord=params_per_coordinate(cfg, "RPN"),
-            grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
-            um_weight=cfg.MODEL.UGS.UM_WEIGHT,
-        )
+        ret.update(stage_kwargs(cfg, "RPN"))
         return ret
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
