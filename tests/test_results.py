@@ -10,13 +10,16 @@ from ugs_d2.cli import results as collector
 from ugs_d2.harness.callbacks import CollectResults
 
 COMMON = ["+experiment=fake", "dataset.root=/data/synth", "num_workers=0", "device=cpu"]
+# wandb.mode differs between jobs but is an exclude_key of the runs: no effect on the rows
 
 
 def _job(sweep, name, overrides, num, results=None, metrics=None, failed=None):
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    (job / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  job:\n    num: {num}\n    config:\n      override_dirname:\n"
+        f"        exclude_keys: [name, wandb.mode]\n")
     if metrics is not None:
         (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     if results is not None:
@@ -34,10 +37,12 @@ def sweep(tmp_path):
     """ugs=off: 3 seeds; ugs=full: 2 seeds done + 1 incomplete; ugs=kl: 1 failed job."""
     sweep = tmp_path / "multirun" / "fake"
     gradvar = lambda scale: [  # noqa: E731
-        {"iteration": i, "gradvar/small": scale * (i + 1), "gradvar/large": 0.5 * scale} for i in range(0, 40, 10)
-    ] + [{"iteration": 30, "gradvar/small": scale * 40}]  # a duplicated iteration (resumed run)
+        {"iteration": i, "gradvar/small/var": scale * (i + 1), "gradvar/small/count": 7,
+         "gradvar/large/var": 0.5 * scale} for i in range(0, 40, 10)
+    ] + [{"iteration": 30, "gradvar/small/var": scale * 40}]  # a duplicated iteration (resumed run)
     for seed, (ap, aps) in enumerate([(20.0, 10.0), (21.0, 11.0), (23.0, 11.0)]):
-        _job(sweep, f"ugs=off,seed={seed}", [*COMMON, "ugs=off", f"seed={seed}"], num=seed,
+        mode = "wandb.mode=online" if seed else "wandb.mode=offline"
+        _job(sweep, f"ugs=off,seed={seed}", [*COMMON, "ugs=off", f"seed={seed}", mode], num=seed,
              results={"AP": ap, "APs": aps, "APt": 5.0}, metrics=gradvar(2.0))
     for seed, (ap, aps) in enumerate([(24.0, 15.0), (25.0, 16.0)]):
         _job(sweep, f"ugs=full,seed={seed}", [*COMMON, "ugs=full", f"seed={seed}"], num=3 + seed,
@@ -56,7 +61,8 @@ def test_collect_groups_and_statuses(sweep):
     c = collector.collect(str(sweep))
     assert c.name == "fake"
     assert c.varying == ["ugs"]
-    assert c.common == ["dataset.root=/data/synth", "experiment=fake"]  # num_workers, device, seed dropped
+    # num_workers, device, seed and the runs' exclude_keys (wandb.mode) are dropped
+    assert c.common == ["dataset.root=/data/synth", "experiment=fake"]
     assert [c.value(g, "ugs") for g in c.groups] == ["off", "full", "kl"]  # sweep order
     statuses = {os.path.basename(j.path): (j.status, j.detail) for j in c.jobs}
     assert statuses["ugs=full,seed=2"] == ("incomplete", "last logged iteration 99")
@@ -100,6 +106,8 @@ def test_cli_writes_table_csv_and_plots(sweep, tmp_path, capsys):
         with open(tmp_path / "results" / png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
     assert not [n for n in os.listdir(tmp_path / "results") if n.startswith(".tmp-")]
+    series = collector._gradvar_series(collector.collect(str(sweep)).groups[0].jobs[0])
+    assert series == {"small": {0: 2.0, 10: 22.0, 20: 42.0, 30: 80.0}, "large": {0: 1.0, 10: 1.0, 20: 1.0}}
 
 
 def test_single_run_numeric_sweep_and_default_out(tmp_path, monkeypatch):

@@ -14,8 +14,9 @@ What it does:
   ``failed`` marker (written by the ``CollectResults`` Hydra callback when the job raised) or
   its logs hold a traceback, else *incomplete* (still running, killed, or not started);
 * **groups**: jobs with the same overrides once ``seed`` and the keys that do not change the
-  experiment (``name``, ``resume``, ``eval_only``, ``num_workers``, ``device``, ``hydra.*``)
-  are dropped. Overrides shared by every group go to the header, the others become columns;
+  experiment are dropped: ``name``, ``resume``, ``eval_only``, ``num_workers``, ``device``,
+  ``hydra.*`` and whatever else the run's ``hydra.job.config.override_dirname.exclude_keys``
+  lists (W&B and launcher keys). Overrides shared by every group go to the header, the others become columns;
 * **table**: per group the number of complete runs and AP, AP50, AP75, APs, APm, APl (plus any
   extra ``AP*`` bucket in results.json) as mean +- sample standard deviation (n - 1) over the
   runs; a group of one run shows its value without +-. ``n/a``: the metric is undefined (no
@@ -23,7 +24,8 @@ What it does:
   (its header is the command that regenerates it) and ``<out>.csv``, both atomically;
 * **plots**: ``<out>_<param>.png``, AP and APs against each swept parameter (error bars: std,
   one line per setting of the other swept parameters), and ``<out>_gradvar.png``, the
-  gradient-variance scalars (``gradvar/<bucket>`` in metrics.json) over iterations per group.
+  gradient variance per size bucket (``gradvar/<bucket>/var`` in metrics.json, logged with
+  ``gradvar.enabled=true``) over iterations, one line per group.
 """
 import argparse
 import csv
@@ -59,6 +61,7 @@ FAILED_MARKER = "failed"
 # override keys that do not change what a run measures (seed is what a group averages over)
 IGNORED_KEYS = ("seed", "name", "resume", "eval_only", "num_workers", "device")
 PLOT_METRICS = ("AP", "APs")
+GRADVAR_BUCKET_ORDER = ("tiny", "small", "lt32", "medium", "large")  # ugs_d2.engine.gradvar
 _SKIP_DIRS = {".hydra", ".submitit", "inference", "__pycache__"}
 _ERROR_PATTERNS = (
     re.compile(r"Traceback \(most recent call last\)"),
@@ -102,6 +105,7 @@ class Job:
     overrides: List[str]
     status: str  # complete | failed | incomplete
     num: int = 1 << 30  # hydra.job.num (sweep order)
+    ignored: Tuple[str, ...] = ()  # keys left out of the run directory name (exclude_keys)
     results: Optional[Dict[str, Any]] = None
     detail: str = ""
 
@@ -160,11 +164,11 @@ def _split(override: str) -> Tuple[str, str]:
     return key.lstrip("+"), value
 
 
-def _group_key(overrides: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+def _group_key(overrides: Sequence[str], ignored: Sequence[str] = ()) -> Tuple[Tuple[str, str], ...]:
     pairs = []
     for override in overrides:
         key, value = _split(override)
-        if key in IGNORED_KEYS or key.startswith("hydra.") or key.startswith("hydra/"):
+        if key in IGNORED_KEYS or key in ignored or key.startswith(("hydra.", "hydra/")):
             continue
         pairs.append((key, value))
     return tuple(sorted(pairs))
@@ -176,14 +180,20 @@ def _load_yaml(path: str) -> Any:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
-def _job_num(job_dir: str) -> int:
+def _job_meta(job_dir: str) -> Tuple[int, Tuple[str, ...]]:
+    """(hydra.job.num, the override_dirname exclude_keys) from the job's ``.hydra/hydra.yaml``."""
     try:
         from omegaconf import OmegaConf
 
-        num = OmegaConf.load(os.path.join(job_dir, ".hydra", "hydra.yaml")).hydra.job.num
-        return int(num)
+        job = OmegaConf.load(os.path.join(job_dir, ".hydra", "hydra.yaml")).hydra.job
     except Exception:
-        return 1 << 30
+        return 1 << 30, ()
+    num = OmegaConf.select(job, "num", default=None)
+    exclude = OmegaConf.select(job, "config.override_dirname.exclude_keys", default=None)
+    return (
+        int(num) if isinstance(num, int) else 1 << 30,
+        tuple(str(k) for k in exclude) if exclude is not None else (),
+    )
 
 
 def _failure(job_dir: str) -> Optional[str]:
@@ -232,7 +242,8 @@ def find_jobs(sweep_dir: str) -> List[Job]:
             continue
         dirs[:] = []  # no job inside a job
         overrides = [str(o) for o in (_load_yaml(overrides_file) or [])]
-        job = Job(path=root, overrides=overrides, status="incomplete", num=_job_num(root))
+        num, ignored = _job_meta(root)
+        job = Job(path=root, overrides=overrides, status="incomplete", num=num, ignored=ignored)
         if is_done(root):
             try:
                 job.results = read_results(root)
@@ -274,7 +285,8 @@ def collect(sweep_dir: str) -> Collection:
         raise CollectError(f"no Hydra job directory (.hydra/overrides.yaml) under {sweep_dir}")
     groups: Dict[Tuple[Tuple[str, str], ...], Group] = {}
     for job in jobs:  # sweep order: a group's position is its first job's
-        groups.setdefault(_group_key(job.overrides), Group(_group_key(job.overrides))).jobs.append(job)
+        key = _group_key(job.overrides, job.ignored)
+        groups.setdefault(key, Group(key)).jobs.append(job)
     keys: List[str] = []
     for group in groups.values():
         keys.extend(k for k, _ in group.key if k not in keys)
@@ -415,7 +427,7 @@ def plot_params(collection: Collection, out: str) -> List[str]:
                 values.append(v)
         numeric = all(_as_float(v) is not None for v in values)
         positions = {v: (_as_float(v) if numeric else i) for i, v in enumerate(values)}
-        fig = Figure(figsize=(5.0 * len(PLOT_METRICS), 3.6))
+        fig = Figure(figsize=(5.0 * len(PLOT_METRICS), 3.6), layout="constrained")
         axes = fig.subplots(1, len(PLOT_METRICS), squeeze=False)[0]
         lines: Dict[Tuple[str, ...], List[Group]] = {}
         for group in c.groups:
@@ -452,6 +464,7 @@ def plot_params(collection: Collection, out: str) -> List[str]:
 
 
 def _gradvar_series(job: Job) -> Dict[str, Dict[int, float]]:
+    """{bucket: {iteration: variance}} from the job's metrics.json."""
     path = os.path.join(job.path, "metrics.json")
     series: Dict[str, Dict[int, float]] = {}
     if not os.path.isfile(path):
@@ -459,14 +472,22 @@ def _gradvar_series(job: Job) -> Dict[str, Dict[int, float]]:
     for record in read_metrics(path):
         it = record.get("iteration")
         for key, value in record.items():
-            if key.startswith("gradvar/") and isinstance(value, (int, float)) and isinstance(it, int):
-                series.setdefault(key[len("gradvar/"):], {})[it] = float(value)
+            if not key.startswith("gradvar/") or not isinstance(it, int):
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                continue
+            parts = key.split("/")
+            # gradvar/<bucket>/var (ugs_d2.engine.gradvar; mean_abs and count are not plotted),
+            # or a plain gradvar/<bucket>
+            if len(parts) == 3 and parts[2] == "var" or len(parts) == 2:
+                series.setdefault(parts[1], {})[it] = float(value)
     return series
 
 
 def plot_gradvar(collection: Collection, out: str) -> Optional[str]:
-    """``<out>_gradvar.png``: each ``gradvar/<bucket>`` scalar over iterations, per group
-    (mean over the group's runs at each iteration); None when no run logged any."""
+    """``<out>_gradvar.png``: the gradient variance of each size bucket
+    (``gradvar/<bucket>/var``) over iterations, one line per group (mean over the group's runs
+    at each iteration); None when no run logged any."""
     from matplotlib.figure import Figure
 
     c = collection
@@ -484,14 +505,16 @@ def plot_gradvar(collection: Collection, out: str) -> Optional[str]:
             buckets.extend(b for b in merged if b not in buckets)
     if not per_group:
         return None
-    fig = Figure(figsize=(4.5 * len(buckets), 3.6))
+    order = {b: i for i, b in enumerate(GRADVAR_BUCKET_ORDER)}
+    buckets.sort(key=lambda b: (order.get(b, len(order)), b))
+    fig = Figure(figsize=(4.8 * len(buckets), 3.6), layout="constrained")
     axes = fig.subplots(1, len(buckets), squeeze=False)[0]
     for ax, bucket in zip(axes, buckets):
         positive = True
         for label, series in per_group:
             points = sorted(series.get(bucket, {}).items())
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=label, marker=".")
                 positive = positive and all(p[1] > 0 for p in points)
         if positive:
             ax.set_yscale("log")
