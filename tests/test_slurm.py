@@ -79,7 +79,9 @@ def test_requeued_ddp_job_resumes_from_its_checkpoint(local_slurm, tiny_dataset,
     """A 2-process (gloo) DDP job, requeued with `scontrol requeue` after its first checkpoint,
     runs again from its last checkpoint in the same run directory and completes."""
     sweep = tmp_path / "sweep"
-    max_iter = 40
+    # long enough (about 0.13 s/iteration on 2 idle cores) that the requeue, issued at the
+    # first checkpoint, always lands while the job is still training
+    max_iter = 300
     args = ["-m", "hydra/launcher=slurm_local", *TINY_RUN, f"dataset.root={tiny_dataset}",
             "wandb.enabled=false", f"schedule.max_iter={max_iter}", "schedule.checkpoint_period=5",
             "launcher.num_gpus=2", "launcher.check_weights=true", f"hydra.sweep.dir={sweep}"]
