@@ -537,12 +537,16 @@ def render_sample(rng: np.random.Generator, config: SynthConfig = SynthConfig())
         rng.poisson(cfg.clutter_blobs * rng.uniform(0.3, 1.7))
     )
     foreground = rng.random(n_clutter) < cfg.foreground_clutter_fraction
-    for _ in range(int((~foreground).sum())):
-        patch, cx, cy, r = _clutter_patch(rng, size, ss)
-        clipped = _clip(patch, size)
-        if clipped is not None:
-            colour = _shaded_colour(rng, _random_clutter_colour(rng), clipped[0], cx, cy, r, cfg.shading)
-            _paint(img, patch, colour, rng.uniform(0.4, 1.0), live, clipped)
+
+    def paint_clutter(count: int) -> None:
+        for _ in range(count):
+            patch, cx, cy, r = _clutter_patch(rng, size, ss)
+            clipped = _clip(patch, size)
+            if clipped is not None:
+                colour = _shaded_colour(rng, _random_clutter_colour(rng), clipped[0], cx, cy, r, cfg.shading)
+                _paint(img, patch, colour, rng.uniform(0.4, 1.0), live, clipped)
+
+    paint_clutter(int((~foreground).sum()))
 
     # Objects and distractors, drawn in a random interleaved order so each can hide the other.
     if rng.random() < cfg.empty_fraction:
@@ -601,12 +605,7 @@ def render_sample(rng: np.random.Generator, config: SynthConfig = SynthConfig())
             visible[clipped[1]] = patch.alpha[clipped[1]]  # the part outside the image is lost
             live.append(_LiveObject(int(classes[i]) + 1, box, patch.x0, patch.y0, visible, float(patch.alpha.sum())))
 
-    for _ in range(int(foreground.sum())):
-        patch, cx, cy, r = _clutter_patch(rng, size, ss)
-        clipped = _clip(patch, size)
-        if clipped is not None:
-            colour = _shaded_colour(rng, _random_clutter_colour(rng), clipped[0], cx, cy, r, cfg.shading)
-            _paint(img, patch, colour, rng.uniform(0.4, 1.0), live, clipped)
+    paint_clutter(int(foreground.sum()))
 
     # Sensor: optional slight blur, then Gaussian noise, then quantisation.
     if rng.random() < cfg.blur_prob:
