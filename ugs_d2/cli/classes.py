@@ -18,12 +18,12 @@ same name) is a one-line error. :func:`remap_categories` is the pure function be
 """
 import argparse
 import copy
-import json
 import os
 import sys
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ugs_d2.data.coco_json import DatasetError, read_coco_json
 from ugs_d2.fileio import write_json_atomic
 
 __all__ = ["CocoError", "read_coco_json", "remap_categories", "format_summary", "main"]
@@ -31,28 +31,8 @@ __all__ = ["CocoError", "read_coco_json", "remap_categories", "format_summary", 
 PROG = "ugs-classes"
 
 
-class CocoError(ValueError):
+class CocoError(DatasetError):
     """A COCO json is missing, malformed, or an option does not fit it; one line."""
-
-
-def read_coco_json(path: str) -> dict:
-    """Read a COCO json that has ``images``, ``annotations`` and ``categories`` lists.
-
-    Same checks and wording as :mod:`ugs_d2.data.datasets` (which needs detectron2 to import).
-    """
-    if not os.path.isfile(path):
-        raise CocoError(f"{path}: annotation file not found")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CocoError(f"{path}:{e.lineno}:{e.colno}: malformed json: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise CocoError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise CocoError(f"{path}: expected a COCO json object with a '{key}' list")
-    return data
 
 
 def _categories_by_id(coco: Mapping[str, Any]) -> List[dict]:
@@ -300,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             coco, keep=_names(args.keep), drop=_names(args.drop), rename=rename, merge=merge
         )
         write_json_atomic(args.out, new_coco)
-    except (CocoError, OSError) as e:
+    except (DatasetError, OSError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     print(format_summary(summary), end="")
     print(f"[{PROG}] wrote {args.out}", file=sys.stderr)

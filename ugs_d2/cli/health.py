@@ -38,7 +38,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ugs_d2.cli.classes import CocoError, read_coco_json
+from ugs_d2.cli.classes import CocoError
+from ugs_d2.data.coco_json import DatasetError, read_coco_json
 from ugs_d2.fileio import write_atomic, write_text_atomic
 
 __all__ = [
@@ -404,7 +405,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         written = write_health(args.json, args.out)
-    except (CocoError, OSError) as e:
+    except (DatasetError, OSError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     if not args.quiet:
         print(written["markdown"], end="")

@@ -6,7 +6,6 @@ naming the file and what was expected: a missing directory, malformed json (with
 column), an annotation whose image is missing. Boxes with non-positive width or height are
 dropped with a counted warning instead of crashing in the middle of training.
 """
-import json
 import logging
 import os
 from collections import Counter
@@ -15,27 +14,11 @@ from typing import Dict, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ugs_d2.data.coco_json import DatasetError, read_coco_json
+
 __all__ = ["DatasetError", "load_coco_detection", "register_coco_detection", "register_dataset"]
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the file and the problem."""
-
-
-def _read_json(json_file: str) -> dict:
-    if not os.path.isfile(json_file):
-        raise DatasetError(f"{json_file}: annotation file not found")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{json_file}:{e.lineno}:{e.colno}: malformed json: {e.msg}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise DatasetError(f"{json_file}: expected a COCO json object with a '{key}' list")
-    return data
 
 
 def load_coco_detection(json_file: str, image_root: str, check_files: bool = True) -> List[Dict]:
@@ -50,7 +33,7 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
         One dict per image: ``file_name``, ``height``, ``width``, ``image_id`` and
         ``annotations`` (``bbox`` in XYWH_ABS, ``category_id`` contiguous from 0, ``iscrowd``).
     """
-    data = _read_json(json_file)
+    data = read_coco_json(json_file)
     category_ids = sorted(c["id"] for c in data["categories"])
     contiguous = {cid: i for i, cid in enumerate(category_ids)}
 
@@ -116,7 +99,7 @@ def register_coco_detection(name: str, json_file: str, image_root: str) -> None:
 
     The json is validated here (categories, parse errors) so that a bad file fails at start.
     """
-    data = _read_json(json_file)
+    data = read_coco_json(json_file)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
