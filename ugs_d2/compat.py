@@ -22,6 +22,7 @@ __all__ = [
     "create_local_process_group",
     "create_ddp_model",
     "use_device_aware_ddp",
+    "prepare_voc_reader",
 ]
 
 DETECTRON2_VERSION = detectron2.__version__
@@ -107,3 +108,31 @@ def use_device_aware_ddp() -> None:
     if not hasattr(defaults, "_ugs_original_create_ddp_model"):
         defaults._ugs_original_create_ddp_model = defaults.create_ddp_model
         defaults.create_ddp_model = create_ddp_model
+
+
+class _NumpyWithRemovedAliases:
+    """numpy, plus the ``np.str`` alias that numpy 1.24 removed (it was the builtin ``str``)."""
+
+    str = str
+
+    def __init__(self, numpy_module):
+        self._numpy = numpy_module
+
+    def __getattr__(self, name):
+        return getattr(self._numpy, name)
+
+
+def prepare_voc_reader() -> None:
+    """Make detectron2's ``load_voc_instances`` run on numpy >= 1.24.
+
+    detectron2 0.6 (the fallback build) reads the image-set file with
+    ``np.loadtxt(dtype=np.str)``; numpy 1.24 removed that alias, upstream later switched to
+    ``dtype=str``. Only the ``np`` name inside ``detectron2.data.datasets.pascal_voc`` is
+    replaced by a view of numpy that has the alias; the reader itself stays detectron2's.
+    """
+    import numpy
+    from detectron2.data.datasets import pascal_voc
+
+    # vars(): hasattr would go through numpy's __getattr__, which warns about the old alias
+    if "str" not in vars(numpy) and not isinstance(pascal_voc.np, _NumpyWithRemovedAliases):
+        pascal_voc.np = _NumpyWithRemovedAliases(numpy)

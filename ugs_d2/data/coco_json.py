@@ -1,8 +1,17 @@
-"""Reading a COCO json with one-line errors; no detectron2 import, so light CLIs can use it."""
+"""Reading a COCO json and checking images, with one-line errors; no detectron2 import, so
+light CLIs can use it."""
 import json
 import os
+from typing import Tuple
 
-__all__ = ["DatasetError", "read_coco_json"]
+__all__ = [
+    "DatasetError",
+    "GIGANTIC_IMAGE_SIDE",
+    "gigantic_warning",
+    "image_size",
+    "is_gigantic",
+    "read_coco_json",
+]
 
 
 class DatasetError(ValueError):
@@ -29,3 +38,65 @@ def read_coco_json(path: str) -> dict:
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DatasetError(f"{path}: expected a COCO json object with a '{key}' list")
     return data
+
+
+# Images whose longer side exceeds this many pixels are reported with a suggestion to tile them:
+# at a typical 1333x800 model input such an image is shrunk more than 3x, and objects that are
+# 16 px in the original end up around 5 px, below what an FPN's finest level resolves.
+GIGANTIC_IMAGE_SIDE = 4096
+
+# EXIF orientations 5-8 rotate by 90 degrees: detectron2's reader applies them, so the size the
+# model sees is the header's size with width and height swapped.
+_EXIF_ORIENTATION_TAG = 0x0112
+_ROTATING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(path: str, decode: bool = True) -> Tuple[int, int]:
+    """``(width, height)`` of an image as detectron2's ``read_image`` will see it.
+
+    Args:
+        path: the image file.
+        decode: also decode every pixel, which is the only way to find a truncated or corrupt
+            file (the header alone reads fine). JPEGs are decoded in PIL's reduced-size draft
+            mode, which still reads the whole compressed stream.
+
+    Raises:
+        DatasetError: missing, not an image, truncated/corrupt, or too large for PIL's
+            decompression-bomb limit; the message names the file.
+    """
+    from PIL import Image  # light CLIs import this module without needing PIL
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+            if decode:
+                if image.format == "JPEG":
+                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError(
+            f"{path}: too large for PIL ({e}); cut it into tiles with ugs-tile first"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise DatasetError(f"{path}: unreadable image ({e})") from None
+    if orientation in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    return width, height
+
+
+def is_gigantic(width: int, height: int) -> bool:
+    """True when the longer side exceeds :data:`GIGANTIC_IMAGE_SIDE` (tiling is suggested)."""
+    return max(width, height) > GIGANTIC_IMAGE_SIDE
+
+
+def gigantic_warning(source: str, count: int, largest: Tuple[int, int, str]) -> str:
+    """The one-line warning for ``count`` gigantic images; ``largest`` = (width, height, file)."""
+    width, height, name = largest
+    return (
+        f"{source}: {count} image(s) with a side over {GIGANTIC_IMAGE_SIDE} px (largest "
+        f"{width}x{height}: {name}); small objects vanish when such images are resized to the "
+        "model input: cut them into tiles with ugs-tile"
+    )
