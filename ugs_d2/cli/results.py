@@ -18,7 +18,8 @@ What it does:
   ``hydra.*`` and whatever else the run's ``hydra.job.config.override_dirname.exclude_keys``
   lists (W&B and launcher keys). Overrides shared by every group go to the header, the others become columns;
 * **table**: per group the number of complete runs and AP, AP50, AP75, APs, APm, APl (plus any
-  extra ``AP*`` bucket in results.json) as mean +- sample standard deviation (n - 1) over the
+  extra ``AP*`` bucket in results.json, e.g. APvt or APeS from ``evaluation.buckets``, in the
+  evaluator's order) as mean +- sample standard deviation (n - 1) over the
   runs; a group of one run shows its value without +-. ``n/a``: the metric is undefined (no
   object of that size); ``(k/n)``: only k of the n runs define it. Written as ``<out>.md``
   (its header is the command that regenerates it) and ``<out>.csv``, both atomically;
@@ -292,15 +293,7 @@ def collect(sweep_dir: str) -> Collection:
         keys.extend(k for k, _ in group.key if k not in keys)
     varying = [k for k in keys if len({dict(g.key).get(k) for g in groups.values()}) > 1]
     common = [f"{k}={v}" for k, v in next(iter(groups)) if k not in varying]
-    extra = sorted(
-        {
-            k
-            for j in jobs
-            if j.results
-            for k, v in j.results.items()
-            if k.startswith("AP") and k not in COCO_KEYS and (v is None or isinstance(v, (int, float)))
-        }
-    )
+    extra = _extra_metrics([j.results for j in jobs if j.results])
     name, command = _sweep_info(sweep_dir)
     return Collection(
         sweep_dir=sweep_dir,
@@ -316,6 +309,24 @@ def collect(sweep_dir: str) -> Collection:
 
 # --------------------------------------------------------------------------------------------
 # table
+
+
+def _extra_metrics(results: Sequence[Dict[str, Any]]) -> List[str]:
+    """The ``AP*`` keys beyond COCO's (area buckets such as APvt, APeS) of any job: first in
+    the evaluator's order (``metric_order`` in results.json, i.e. by bucket size), then any
+    other key alphabetically."""
+    present = {
+        k
+        for r in results
+        for k, v in r.items()
+        if k.startswith("AP") and k not in COCO_KEYS and (v is None or isinstance(v, (int, float)))
+    }
+    ordered: List[str] = []
+    for r in results:
+        order = r.get("metric_order")
+        if isinstance(order, list):
+            ordered.extend(k for k in order if k in present and k not in ordered)
+    return ordered + sorted(present - set(ordered))
 
 
 def _cell(group: Group, metric: str) -> str:

@@ -40,10 +40,13 @@ def summarize_bbox(
 
     Returns:
         ``{"AP": .., "AP50": .., ..., "APl": .., "per_class_AP": {class: AP}}`` (percent;
-        None where the metric is undefined, e.g. every class when the model predicted nothing).
+        None where the metric is undefined, e.g. every class when the model predicted nothing,
+        or a COCO key the evaluator does not report, e.g. APs from Pascal VOC's evaluator),
+        plus any extra bucket keys (``APvt``, ...) and ``metric_order``: the metric keys in
+        the evaluator's order (results.json sorts its keys; tables and logs use this order).
     """
     bbox = eval_results["bbox"]
-    summary: Dict[str, Any] = {key: _finite_or_none(bbox[key]) for key in COCO_KEYS}
+    summary: Dict[str, Any] = {key: _finite_or_none(bbox.get(key, math.nan)) for key in COCO_KEYS}
     summary["per_class_AP"] = {
         name: _finite_or_none(bbox.get(f"AP-{name}", math.nan)) for name in class_names
     }
@@ -51,6 +54,8 @@ def summarize_bbox(
     for key, value in bbox.items():
         if key not in summary and not key.startswith("AP-"):
             summary[key] = _finite_or_none(value)
+    metrics = [k for k in bbox if not k.startswith("AP-")]
+    summary["metric_order"] = metrics + [k for k in COCO_KEYS if k not in metrics]
     return summary
 
 
@@ -75,9 +80,11 @@ def read_results(output_dir: str) -> Dict[str, Any]:
 
 
 def format_metrics(results: Mapping[str, Any]) -> str:
-    """One line of the COCO metrics, e.g. ``AP 31.2 | AP50 55.0 | ... | APl n/a``."""
+    """One line of the COCO metrics, e.g. ``AP 31.2 | AP50 55.0 | ... | APl n/a``, followed by
+    the extra area buckets of ``metric_order`` when the run has them (``... | APvt 3.1 | ...``)."""
+    extra = [k for k in results.get("metric_order") or () if k not in COCO_KEYS and k in results]
     cells = []
-    for key in COCO_KEYS:
+    for key in list(COCO_KEYS) + extra:
         value = results.get(key)
         cells.append(f"{key} {value:.1f}" if value is not None else f"{key} n/a")
     return " | ".join(cells)

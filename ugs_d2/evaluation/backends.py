@@ -1,0 +1,140 @@
+"""The COCOeval implementations ``evaluation.backend`` chooses between.
+
+* ``pycocotools``: the official COCO API (pure Python ``evaluateImg``), the reference;
+* ``faster_coco_eval``: the same algorithm with matching and accumulation in C++
+  (``faster_coco_eval.COCOeval_faster``), about an order of magnitude faster on
+  VisDrone-sized inputs (``results/cocoeval_backends.md``).
+
+Both produce COCOeval's ``eval["precision"]`` array, from which
+:mod:`ugs_d2.evaluation.small_object` computes every metric, so the numbers cannot drift apart
+through different summary code. (detectron2's own C++ ``COCOeval_opt`` needs detectron2's
+compiled ops, which the fallback build lacks; see ``ugs_d2/compat.py``.)
+
+Only numpy is imported here; the backend's package is imported when it is used.
+"""
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["BACKENDS", "CocoEvalOutput", "check_backend", "run_bbox_cocoeval"]
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+@dataclass
+class CocoEvalOutput:
+    """What COCOeval's ``accumulate`` leaves, independent of the backend.
+
+    Attributes:
+        precision: ``(T, R, K, A, M)`` float array: IoU thresholds x 101 recall thresholds x
+            categories x area ranges x maxDets; -1 where undefined (no ground truth).
+        iou_thresholds: ``(T,)`` the IoU thresholds (0.50:0.05:0.95).
+        max_dets: the maxDets values, in the order of the last axis.
+        category_ids: the dataset category ids, in the order of the K axis.
+    """
+
+    precision: np.ndarray
+    iou_thresholds: np.ndarray
+    max_dets: List[int]
+    category_ids: List[int]
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is known and importable, else ValueError (one line)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    try:
+        __import__(backend)
+    except ImportError:
+        raise ValueError(
+            f"{backend} is not installed (pip install -r launch/requirements.txt)"
+        ) from None
+    return backend
+
+
+def _copy_detections(detections: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    # loadRes adds id/area/iscrowd (and pycocotools a segmentation) to each dict: copy, so
+    # that the caller's detections (e.g. the ones written to coco_instances_results.json)
+    # and a second backend run on the same list stay untouched
+    return [
+        {"image_id": d["image_id"], "category_id": d["category_id"], "bbox": list(d["bbox"]),
+         "score": d["score"]}
+        for d in detections
+    ]
+
+
+def run_bbox_cocoeval(
+    gt_dataset: Mapping[str, Any],
+    detections: Sequence[Mapping[str, Any]],
+    area_ranges: Sequence[Tuple[float, float]],
+    max_dets: Sequence[int],
+    backend: str = "pycocotools",
+    img_ids: Optional[Sequence[int]] = None,
+) -> CocoEvalOutput:
+    """Run COCOeval (``iouType="bbox"``) with the given area ranges and maxDets.
+
+    Args:
+        gt_dataset: a COCO ground-truth dict (``images``, ``annotations``, ``categories``).
+            Annotations' ``area`` decides their area range and ``iscrowd=1`` marks an ignore
+            region, exactly as in pycocotools. COCOeval writes an ``ignore`` flag into each
+            annotation dict (both backends; the value depends only on ``iscrowd``).
+        detections: COCO results, dicts with ``image_id``, ``category_id`` (dataset ids),
+            ``bbox`` (XYWH, px) and ``score``; not modified.
+        area_ranges: ``[lo, hi]`` in px^2 per area range, both ends inclusive (pycocotools);
+            the first should be "all".
+        max_dets: increasing maxDets values; COCOeval keeps the top ``max_dets[-1]``
+            detections by score per image *and category*.
+        backend: one of :data:`BACKENDS`.
+        img_ids: evaluate only these images (None: every image of ``gt_dataset``).
+
+    Returns:
+        The accumulated precision and the axes it is indexed by.
+    """
+    max_dets = [int(m) for m in max_dets]
+    if max_dets != sorted(set(max_dets)):
+        # faster_coco_eval sorts maxDets in place; pycocotools does not: require the order
+        raise ValueError(f"max_dets must be strictly increasing, got {max_dets}")
+    detections = _copy_detections(detections)
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            coco_gt = COCO()
+            coco_gt.dataset = gt_dataset
+            coco_gt.createIndex()
+            coco_dt = coco_gt.loadRes(detections) if detections else COCO()
+            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+            _set_params(evaluator.params, area_ranges, max_dets, img_ids)
+            evaluator.evaluate()
+            evaluator.accumulate()
+    elif backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        quiet = lambda *args, **kwargs: None  # noqa: E731
+        coco_gt = COCO(dict(gt_dataset), print_function=quiet)
+        coco_dt = coco_gt.loadRes(detections) if detections else COCO(print_function=quiet)
+        evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=quiet)
+        _set_params(evaluator.params, area_ranges, max_dets, img_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    else:
+        raise ValueError(f"evaluation backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    params = evaluator.params
+    return CocoEvalOutput(
+        precision=np.asarray(evaluator.eval["precision"], dtype=np.float64),
+        iou_thresholds=np.asarray(params.iouThrs, dtype=np.float64),
+        max_dets=[int(m) for m in params.maxDets],
+        category_ids=[int(c) for c in params.catIds],
+    )
+
+
+def _set_params(params, area_ranges, max_dets, img_ids) -> None:
+    params.areaRng = [[float(lo), float(hi)] for lo, hi in area_ranges]
+    params.areaRngLbl = [f"range{i}" for i in range(len(area_ranges))]  # labels are unused
+    params.maxDets = list(max_dets)
+    if img_ids is not None:
+        params.imgIds = list(img_ids)
