@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?= -q
 export PYTHON VENV D2_SOURCE
 
-.PHONY: install run test clean-outputs help
+.PHONY: install run test bench-deps clean-outputs help
 
 help:
 	@sed -n '1,8p' Makefile
@@ -31,6 +31,10 @@ run: install
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# Bench-only dependencies (SAHI, for `ugs-bench sahi`); not needed to train, evaluate or test.
+bench-deps: install
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -r launch/requirements-bench.txt
 
 clean-outputs:
 	rm -rf outputs multirun

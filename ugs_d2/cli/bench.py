@@ -151,7 +151,7 @@ def _load_dataset_dicts(cfg, overrides: Sequence[str], num_images: int, workdir:
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from omegaconf import OmegaConf
 
-    from ugs_d2.data.datasets import register_dataset
+    from ugs_d2.data.datasets import register_dataset, split_names
 
     dataset_cfg = copy.deepcopy(cfg.dataset)
     if not _dataset_given(overrides):
@@ -163,14 +163,14 @@ def _load_dataset_dicts(cfg, overrides: Sequence[str], num_images: int, workdir:
         synth.generate(
             root,
             num_train=num_images,
-            num_val=0,
+            num_val=1,  # unused by the bench, but registration refuses an empty split
             seed=int(generate["seed"]),
             config=synth.SynthConfig(image_size=int(generate["image_size"])),
             progress=False,
         )
         OmegaConf.update(dataset_cfg, "root", root)
     register_dataset(dataset_cfg)
-    name = f"{dataset_cfg.name}_train"
+    name = split_names(dataset_cfg)[0][0]
     dicts = sorted(DatasetCatalog.get(name), key=lambda d: d["image_id"])
     if not dicts:
         raise BenchError(f"dataset {name} has no images")
@@ -685,6 +685,11 @@ def _parser() -> argparse.ArgumentParser:
         help="Hydra overrides of configs/ (as for ugs-train), e.g. model.input.max_size_train=128; "
              "applied to every preset; not ugs=... (use --presets) or device=... (use --device)",
     )
+    from ugs_d2.cli import bench_sahi  # here, not at the top: bench_sahi imports this module
+    from ugs_d2.cli import bench_cocoeval
+
+    bench_sahi.add_parser(sub)
+    bench_cocoeval.add_parser(sub, PROG)
     return parser
 
 
@@ -700,6 +705,14 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
     """``main`` returning what ``run_overhead`` returned plus ``report`` (the markdown)."""
     argv = list(argv)
     args = _parser().parse_args(argv)
+    if args.command == "sahi":
+        from ugs_d2.cli import bench_sahi
+
+        return bench_sahi.run_command_line(args, argv, invoked_as)
+    if args.command == "cocoeval":
+        from ugs_d2.cli import bench_cocoeval
+
+        return bench_cocoeval.run_command_line(args, argv, invoked_as)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU memory profile's log lines are noise
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[{PROG}] {m}", file=sys.stderr, flush=True))
     started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
