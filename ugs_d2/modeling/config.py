@@ -22,8 +22,8 @@ __all__ = [
 
 #: localization losses of a stage whose bins are off: detectron2's own two, and He et al.'s KL
 REG_LOSSES = ("smooth_l1", "giou", "kl")
-#: FPN levels UR may perturb (detectron2's FPN output names)
-UR_LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
+#: FPN levels UR may perturb (detectron2's FPN output names; p7 exists in RetinaNet/FCOS's P3-P7)
+UR_LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6", "p7")
 
 
 def add_ugs_config(cfg: CN) -> None:
@@ -42,7 +42,7 @@ def add_ugs_config(cfg: CN) -> None:
     cfg.MODEL.UGS.UM_WEIGHT = 0.0  # weight of the entropy (UM) loss, Eq. 12 (paper best: 0.5)
     cfg.MODEL.UGS.UR_WEIGHT = 0.0  # gamma of the refinement (UR) loss, Eq. 14; 0 disables UR
     cfg.MODEL.UGS.UR_RHO = 0.5  # rho of Eq. 15: norm of each image's feature perturbation
-    cfg.MODEL.UGS.UR_LEVELS = list(UR_LEVEL_NAMES)  # FPN levels that UR perturbs
+    cfg.MODEL.UGS.UR_LEVELS = ["p2", "p3", "p4", "p5", "p6"]  # FPN levels that UR perturbs
 
 
 def stage_mode(cfg: CN, stage: str) -> str:

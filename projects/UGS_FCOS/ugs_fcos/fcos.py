@@ -1,0 +1,220 @@
+"""FCOS with UGS: IN-bin classification of the (l, t, r, b) distances on a one-sided grid.
+
+detectron2's ``FCOS`` (``modeling/meta_arch/fcos.py``) has no ``from_config`` and is not
+registered; ``UGSFCOS`` adds both, so the baseline (``MODEL.UGS.RPN.ENABLED`` false) is
+detectron2's FCOS computation built from a yacs config, and with bins:
+
+* ``loss_fcos_loc`` (detectron2: GIoU on the decoded boxes) becomes the bin cross-entropy
+  (Eq. 10) of the foreground locations' stride-normalised distances (``Box2BoxTransformLinear``)
+  on the one-sided grid (:func:`~.grid.one_sided_in_grid`), divided by detectron2's normaliser;
+* ``loss_fcos_cls``, ``loss_fcos_ctr``: detectron2's (the centerness target comes from the GT);
+* ``loss_um`` (Eq. 12) and ``loss_ur`` (Eqs. 14-15, on the levels of MODEL.UGS.UR_LEVELS the
+  head reads): as in UGS RetinaNet, whose mixin this reuses.
+
+The head's box conv predicts ``4*K`` channels per location laid out ``(4, K)``. Inference
+decodes the expected distances (always in ``[0, scale * a]``, so detectron2's ReLU is a no-op).
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+from detectron2.structures import Boxes
+
+from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_retinanet import DenseUGSMixin, head_norm, widen_box_conv
+
+from .grid import one_sided_in_grid
+
+__all__ = ["UGSFCOSHead", "UGSFCOS", "fcos_grid"]
+
+
+def fcos_grid(cfg) -> Tensor:
+    """The FCOS grid from MODEL.UGS.RPN.{RANGE, MODULATOR, NUM_INTERVALS} and
+    MODEL.FCOS.UGS_RANGE_SCALE: Tensor[n + 1] over ``[0, scale * RANGE]``."""
+    node = cfg.MODEL.UGS.RPN
+    return one_sided_in_grid(
+        node.RANGE, node.MODULATOR, node.NUM_INTERVALS, cfg.MODEL.FCOS.UGS_RANGE_SCALE
+    )
+
+
+class UGSFCOSHead(FCOSHead):
+    """FCOSHead whose box conv outputs ``4*P`` channels per location, laid out ``(4, P)``.
+
+    ``forward`` is detectron2's: per level logits ``(N, C, Hi, Wi)``, box parameters
+    ``(N, 4*P, Hi, Wi)``, centerness ``(N, 1, Hi, Wi)``.
+    """
+
+    def __init__(self, *, params_per_coord: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.params_per_coord = params_per_coord
+        if params_per_coord != 1:
+            self.bbox_pred = widen_box_conv(self.bbox_pred, params_per_coord)
+
+
+@META_ARCH_REGISTRY.register()
+class UGSFCOS(DenseUGSMixin, FCOS):
+    """detectron2's FCOS, buildable from MODEL.FCOS, with the UGS box branch, UM and UR."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mode: str = "native",
+        params_per_coord: int = 1,
+        grid: Tensor = None,
+        um_weight: float = 0.0,
+        ur_weight: float = 0.0,
+        ur_rho: float = 0.5,
+        ur_levels: Sequence[str] = (),
+        **kwargs,
+    ):
+        """
+        Args:
+            mode: "bins" or "native" (detectron2's FCOS: GIoU loss).
+            params_per_coord: P, values per coordinate the head predicts.
+            grid: Tensor[K], the one-sided grid, required for "bins".
+            um_weight, ur_weight, ur_rho, ur_levels: MODEL.UGS.* (levels the head does not read
+                are ignored).
+            kwargs: detectron2's ``FCOS`` arguments.
+        """
+        super().__init__(**kwargs)
+        self._init_ugs(mode, params_per_coord, grid, um_weight, ur_weight, ur_rho, ur_levels)
+        if ur_weight > 0 and mode != "bins":
+            raise ValueError("MODEL.UGS.UR_WEIGHT > 0 needs MODEL.UGS.RPN.ENABLED for FCOS")
+
+    @classmethod
+    def from_config(cls, cfg):
+        validate_ugs_config(cfg)
+        mode = stage_mode(cfg, "RPN")
+        if mode == "kl":
+            raise ValueError("MODEL.UGS.RPN.REG_LOSS = kl is not implemented for FCOS")
+        bins = mode == "bins"
+        f = cfg.MODEL.FCOS
+        backbone = build_backbone(cfg)
+        shapes = [backbone.output_shape()[name] for name in f.IN_FEATURES]
+        grid = fcos_grid(cfg) if bins else None
+        params = grid.numel() if bins else 1
+        head = UGSFCOSHead(
+            input_shape=shapes,
+            conv_dims=[shapes[0].channels] * f.NUM_CONVS,
+            num_classes=f.NUM_CLASSES,
+            prior_prob=f.PRIOR_PROB,
+            norm=head_norm(f.HEAD_NORM),
+            params_per_coord=params,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": f.IN_FEATURES,
+            "num_classes": f.NUM_CLASSES,
+            "center_sampling_radius": f.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": f.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": f.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": f.SCORE_THRESH_TEST,
+            "test_topk_candidates": f.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": f.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "mode": "bins" if bins else "native",
+            "params_per_coord": params,
+            "grid": grid,
+            "um_weight": cfg.MODEL.UGS.UM_WEIGHT,
+            "ur_weight": cfg.MODEL.UGS.UR_WEIGHT,
+            "ur_rho": cfg.MODEL.UGS.UR_RHO,
+            "ur_levels": cfg.MODEL.UGS.UR_LEVELS,
+        }
+
+    @torch.no_grad()
+    def label_anchors(self, anchors, gt_instances):
+        """detectron2's labels, plus images without any GT box: background everywhere.
+
+        detectron2 0.6's ``FCOS.match_anchors`` fails on such an image (a max over zero GT
+        boxes), which real datasets and crops do produce; the images with boxes are labelled
+        by detectron2 unchanged.
+
+        Returns:
+            N label tensors (R,) and N Boxes (R, 4), as detectron2's.
+        """
+        nonempty = [g for g in gt_instances if len(g) > 0]
+        if len(nonempty) == len(gt_instances):
+            return super().label_anchors(anchors, gt_instances)
+        labelled = iter(zip(*super().label_anchors(anchors, nonempty))) if nonempty else iter(())
+        num_anchors = sum(len(a) for a in anchors)
+        device = anchors[0].tensor.device
+        labels, boxes = [], []
+        for gt in gt_instances:
+            if len(gt) > 0:
+                label, box = next(labelled)
+            else:
+                label = torch.full((num_anchors,), self.num_classes, dtype=torch.long, device=device)
+                box = Boxes(torch.zeros(num_anchors, 4, device=device))
+            labels.append(label)
+            boxes.append(box)
+        return labels, boxes
+
+    def _split_predictions(self, predictions) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Head outputs -> logits L x (N, R_i, C), box parameters L x (N, R_i, 4, P),
+        centerness L x (N, R_i, 1)."""
+        logits, box, ctr = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4 * self.params_per_coord, 1]
+        )
+        return logits, self.box_params(box), ctr
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        if not self.uses_ugs:
+            return super().forward_training(images, features, predictions, gt_instances)
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+
+        def detection_losses(predictions_on_levels):
+            logits, params, ctr = self._split_predictions(predictions_on_levels)
+            return self.losses(anchors, logits, gt_labels, params, gt_boxes, ctr)
+
+        return self.ugs_training_losses(features, predictions, detection_losses)
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
+        """detectron2's FCOS losses with ``loss_fcos_loc`` = bin cross-entropy (+ ``loss_um``).
+
+        Args:
+            pred_anchor_deltas: with bins, L tensors (N, R_i, 4, K) of bin logits; otherwise
+                detectron2's (N, R_i, 4) distances.
+            others: as detectron2's ``FCOS.losses``.
+        """
+        if not self.uses_ugs:
+            return super().losses(
+                anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+            )
+        # the parent computes classification, centerness, the normaliser and the statistics; its
+        # GIoU term, fed detached point estimates here, is replaced below
+        point = [self.point_deltas(p).detach() for p in pred_anchor_deltas]
+        losses = super().losses(anchors, pred_logits, gt_labels, point, gt_boxes, pred_centerness)
+        labels = torch.stack(gt_labels)
+        fg_mask = (labels >= 0) & (labels != self.num_classes)
+        extra = self.bin_losses(anchors, pred_anchor_deltas, gt_boxes, fg_mask, self.loss_normalizer)
+        losses["loss_fcos_loc"] = extra.pop("loc")
+        losses.update(extra)
+        return losses
+
+    def forward_inference(self, images, features, predictions):
+        """detectron2's FCOS inference on the expected distances of the bin distributions."""
+        if not self.uses_ugs:
+            return super().forward_inference(images, features, predictions)
+        logits, params, ctr = self._split_predictions(predictions)
+        distances = [self.point_deltas(p) for p in params]  # L x (N, R_i, 4)
+        anchors = self.anchor_generator(features)
+        results = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores = [
+                torch.sqrt(x[img_idx].sigmoid() * y[img_idx].sigmoid()) for x, y in zip(logits, ctr)
+            ]
+            results.append(
+                self.inference_single_image(
+                    anchors, scores, [x[img_idx] for x in distances], image_size
+                )
+            )
+        return results
