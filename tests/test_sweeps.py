@@ -51,7 +51,8 @@ def _expand(command_line):
 
 def test_every_preset_is_listed():
     on_disk = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(CONFIG_DIR, "experiment"))}
-    assert on_disk == set(PRESETS)
+    # the paper_* cluster presets (other datasets, GPUs) are checked in test_paper_presets.py
+    assert {name for name in on_disk if not name.startswith("paper_")} == set(PRESETS)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

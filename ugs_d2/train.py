@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
-from ugs_d2.data.datasets import DatasetError, register_dataset
+from ugs_d2.data.datasets import DatasetError, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
 
 logger = logging.getLogger("ugs_d2")
@@ -93,8 +93,8 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     _setup_logging(output_dir)
     from detectron2.data import MetadataCatalog
 
-    register_dataset(cfg.dataset)
-    train_classes = MetadataCatalog.get(f"{cfg.dataset.name}_train").thing_classes
+    register_dataset(cfg.dataset, tiling=cfg.get("tiling"))  # tiling.train: the tiled train split
+    train_classes = MetadataCatalog.get(split_names(cfg.dataset)[0][0]).thing_classes
     d2_cfg = to_detectron2_cfg(cfg, output_dir, num_classes=len(train_classes))
     with open(os.path.join(output_dir, "detectron2_config.yaml"), "w") as f:
         f.write(d2_cfg.dump())

@@ -43,8 +43,18 @@ def stop_on_non_finite_loss(module: torch.nn.Module, inputs, outputs) -> None:
             )
 
 
+def _tiled_test(cfg) -> bool:
+    """tiling.test.enabled (d2.TILING, set by to_detectron2_cfg; absent: whole images)."""
+    tiling = cfg.get("TILING")
+    return tiling is not None and bool(tiling.TEST.ENABLED)
+
+
 class UGSTrainer(DefaultTrainer):
-    """DefaultTrainer that evaluates with COCOEvaluator (pycocotools where no C++ ops exist),
+    """DefaultTrainer with the project's data path, evaluation and writers.
+
+    Evaluates with ``SmallObjectCOCOEvaluator`` (``evaluation.*``: size buckets, max detections,
+    pycocotools or faster-coco-eval; Pascal VOC datasets with VOC's evaluator), tiled when
+    ``tiling.test`` is on; trains with the augmenting mapper when ``augment.*`` asks for it;
     writes ``metrics.json`` and console logs, and stops on the first non-finite loss."""
 
     def __init__(self, cfg, run_cfg=None):
@@ -74,10 +84,55 @@ class UGSTrainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_train_loader(cls, cfg):
+        # augment: / input=native need ugs_d2's mapper; otherwise detectron2's loader, unchanged
+        from ugs_d2.data.mapper import build_train_loader, needs_augmenting_mapper
+
+        if needs_augmenting_mapper(cfg):
+            return build_train_loader(cfg)
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # tiling.test: whole, un-resized images; TiledInferenceModel cuts them into windows
+        if _tiled_test(cfg):
+            from ugs_d2.inference.tiled import build_tiled_test_loader
+
+            return build_tiled_test_loader(cfg, dataset_name)
+        return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # tiling.test: a model trained on tiles is evaluated on tiles (EvalHook and eval_only)
+        if _tiled_test(cfg):
+            from ugs_d2.inference.tiled import TiledInferenceModel
+
+            model = TiledInferenceModel.from_config(model, cfg)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
+        from detectron2.data import MetadataCatalog
+
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
+            from detectron2.evaluation import PascalVOCDetectionEvaluator
+
+            return PascalVOCDetectionEvaluator(dataset_name)  # VOC's own AP50 (11-point for 2007)
+        evaluation = cfg.get("UGS_EVAL")  # evaluation.* of the run (to_detectron2_cfg)
+        if evaluation is not None:
+            from ugs_d2.evaluation.small_object import SmallObjectCOCOEvaluator
+
+            return SmallObjectCOCOEvaluator(
+                dataset_name,
+                bucket_sets=tuple(evaluation.BUCKETS),
+                max_dets=evaluation.MAX_DETS,
+                backend=evaluation.BACKEND,
+                distributed=True,
+                output_dir=output_folder,
+            )
+        return COCOEvaluator(  # a CfgNode not made by to_detectron2_cfg: detectron2's own
             dataset_name,
             tasks=("bbox",),
             distributed=True,
