@@ -95,3 +95,13 @@ def test_help_and_sweeps_are_accepted():
     assert validate_command_line(["--help"]) is None
     cfg = validate_command_line(["-m", "seed=0,1", "ugs=off,full"])
     assert cfg.seed == 0 and cfg.ugs.ur_weight == 0.0
+
+
+def test_with_hydra_keys_names_hydra_keys_in_messages():
+    from ugs_d2.config import with_hydra_keys
+
+    assert with_hydra_keys("MODEL.UGS.UM_WEIGHT > 0 needs MODEL.UGS.RPN.ENABLED.") == (
+        "ugs.um_weight > 0 needs ugs.rpn.enabled."
+    )
+    renames = [("MODEL.FCOS.UGS_RANGE_SCALE", "model.fcos.range_scale")]
+    assert with_hydra_keys("MODEL.FCOS.UGS_RANGE_SCALE must be > 0", renames) == "model.fcos.range_scale must be > 0"

@@ -10,9 +10,10 @@ Faster R-CNN's ``model.rpn``/``model.roi`` only for an R-CNN meta-architecture.
 """
 import importlib
 import os
+import re
 import sys
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -26,6 +27,7 @@ __all__ = [
     "to_detectron2_cfg",
     "resolve_device",
     "value_types",
+    "with_hydra_keys",
     "load_project",
     "PROJECTS_DIR",
     "RCNN_ARCHITECTURES",
@@ -456,6 +458,17 @@ def _check_detection_budget(d2: CfgNode, num_classes: Optional[int]) -> None:
                 f"model.rpn.post_nms_topk_test: {proposals} proposals x {num_classes} classes cannot give "
                 f"evaluation.max_dets = {max_dets} detections per image; expected >= {-(-max_dets // num_classes)}"
             )
+
+
+def with_hydra_keys(message: str, renames: Sequence[Tuple[str, str]] = ()) -> str:
+    """Name Hydra keys instead of detectron2 keys in a validation message.
+
+    Every ``MODEL.UGS.<STAGE>.<KEY>`` becomes ``ugs.<stage>.<key>``; ``renames`` adds
+    ``(detectron2 key, Hydra key)`` pairs for a project's own keys (applied first, in order).
+    """
+    for d2_key, hydra_key in renames:
+        message = message.replace(d2_key, hydra_key)
+    return re.sub(r"MODEL\.UGS\.([A-Z_]+(?:\.[A-Z_]+)*)", lambda m: "ugs." + m.group(1).lower(), message)
 
 
 def _hydra_key_message(message: str) -> str:

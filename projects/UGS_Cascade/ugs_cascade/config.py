@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 from detectron2.config import CfgNode as CN
 from omegaconf import DictConfig
 
-from ugs_d2.config import ConfigError, value_types
+from ugs_d2.config import ConfigError, value_types, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config, apply_ugs_architecture
 
 from .cascade import cascade_range_scales
@@ -75,12 +75,10 @@ def from_hydra(
     try:
         apply_cascade_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        message = str(e)
-        for d2_key, hydra_key in (
+        renames = [
             ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "model.roi.cls_agnostic_bbox_reg"),
             ("MODEL.ROI_BOX_CASCADE_HEAD.UGS_RANGE_SCALES", "model.cascade.range_scales"),
             ("MODEL.ROI_BOX_CASCADE_HEAD.IOUS and BBOX_REG_WEIGHTS", "model.cascade.ious and bbox_reg_weights"),
             ("MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", "model.cascade.bbox_reg_weights"),
-        ):
-            message = message.replace(d2_key, hydra_key)
-        raise ConfigError(message) from None
+        ]
+        raise ConfigError(with_hydra_keys(str(e), renames)) from None

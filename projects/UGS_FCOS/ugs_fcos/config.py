@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from detectron2.config import CfgNode as CN
 from omegaconf import DictConfig
 
-from ugs_d2.config import ConfigError, value_types
+from ugs_d2.config import ConfigError, value_types, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
 
@@ -107,13 +107,5 @@ def from_hydra(
     try:
         apply_fcos_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        message = str(e)
-        for d2_key, hydra_key in (
-            ("MODEL.UGS.RPN.REG_LOSS", "ugs.rpn.reg_loss"),
-            ("MODEL.UGS.RPN.ENABLED", "ugs.rpn.enabled"),
-            ("MODEL.UGS.UM_WEIGHT", "ugs.um_weight"),
-            ("MODEL.UGS.UR_WEIGHT", "ugs.ur_weight"),
-            ("MODEL.FCOS.UGS_RANGE_SCALE", "model.fcos.range_scale"),
-        ):
-            message = message.replace(d2_key, hydra_key)
-        raise ConfigError(message) from None
+        renames = [("MODEL.FCOS.UGS_RANGE_SCALE", "model.fcos.range_scale")]
+        raise ConfigError(with_hydra_keys(str(e), renames)) from None

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from detectron2.config import CfgNode as CN
 from omegaconf import DictConfig
 
-from ugs_d2.config import ConfigError, value_types
+from ugs_d2.config import ConfigError, value_types, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
 
@@ -102,16 +102,5 @@ def from_hydra(
     try:
         apply_retinanet_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        raise ConfigError(_hydra_key(str(e))) from None
+        raise ConfigError(with_hydra_keys(str(e))) from None
 
-
-def _hydra_key(message: str) -> str:
-    """'MODEL.UGS.RPN.REG_LOSS = kl ...' -> 'ugs.rpn.reg_loss = kl ...' (and UM/UR weights)."""
-    for d2_key, hydra_key in (
-        ("MODEL.UGS.RPN.ENABLED", "ugs.rpn.enabled"),
-        ("MODEL.UGS.RPN.REG_LOSS", "ugs.rpn.reg_loss"),
-        ("MODEL.UGS.UM_WEIGHT", "ugs.um_weight"),
-        ("MODEL.UGS.UR_WEIGHT", "ugs.ur_weight"),
-    ):
-        message = message.replace(d2_key, hydra_key)
-    return message
