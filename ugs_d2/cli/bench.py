@@ -715,35 +715,54 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
         return bench_cocoeval.run_command_line(args, argv, invoked_as)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU memory profile's log lines are noise
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[{PROG}] {m}", file=sys.stderr, flush=True))
-    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    loads = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
-    start = time.perf_counter()
-    try:
+
+    def run() -> Dict:
         if args.threads is not None:
             if args.threads < 1:
                 raise BenchError(f"--threads must be >= 1, got {args.threads}")
             import torch
 
             torch.set_num_threads(args.threads)
-        presets = _parse_presets(args.presets)
-        outcome = run_overhead(
-            presets, args.overrides, iters=args.iters, warmup=args.warmup, repeats=args.repeats,
-            device=args.device, batch_size=args.batch_size, num_batches=args.num_batches, lr=args.lr,
-            log=log,
+        return run_overhead(
+            _parse_presets(args.presets), args.overrides, iters=args.iters, warmup=args.warmup,
+            repeats=args.repeats, device=args.device, batch_size=args.batch_size,
+            num_batches=args.num_batches, lr=args.lr, log=log,
         )
+
+    return run_and_report(run, format_report, args.out, argv, invoked_as, PROG, log)
+
+
+def run_and_report(
+    run: Callable[[], Dict],
+    format_report: Callable[[Dict, str, str, float, List[float]], str],
+    out: str,
+    argv: Sequence[str],
+    invoked_as: str,
+    prog: str,
+    log: Callable[[str], None],
+) -> Dict:
+    """Time ``run()`` (a ``BenchError`` exits with one line), then write ``out`` atomically from
+    ``format_report(outcome, command, started, wall_s, load averages before/after)`` and print it.
+
+    Returns the outcome plus ``report`` (the markdown).
+    """
+    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    loads = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+    start = time.perf_counter()
+    try:
+        outcome = run()
     except BenchError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise SystemExit(f"{prog}: {e}") from None
     wall_s = time.perf_counter() - start
     if loads:
         loads.append(os.getloadavg()[0])
-    command = " ".join([invoked_as, shlex.join(argv)]).strip()
+    command = " ".join([invoked_as, shlex.join(list(argv))]).strip()
     report = format_report(outcome, command, started, wall_s, loads)
-    write_text_atomic(args.out, report)
+    write_text_atomic(out, report)
     print(report)
-    log(f"wrote {args.out} ({wall_s:.0f} s)")
+    log(f"wrote {out} ({wall_s:.0f} s)")
     outcome["report"] = report
     return outcome
-
 
 if __name__ == "__main__":
     main()

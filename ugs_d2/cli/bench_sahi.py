@@ -56,11 +56,9 @@ generator (:func:`ugs_d2.data.synth.render_sample`), cropped to ``--size``; each
 is drawn from ``numpy.random.default_rng([seed, SCENE_STREAM, image, row, column])`` alone.
 """
 import argparse
-import datetime
 import json
 import math
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -70,7 +68,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ugs_d2.cli.bench import BenchError, _machine
+from ugs_d2.cli.bench import BenchError, _machine, run_and_report
 from ugs_d2.fileio import write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -916,29 +914,16 @@ def _parse_batch_sizes(text: str) -> List[int]:
 def run_command_line(args: argparse.Namespace, argv: Sequence[str], invoked_as: str = "ugs-bench") -> Dict[str, Any]:
     """Run ``ugs-bench sahi`` from parsed ``args``; writes and prints the report; returns the outcome."""
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[{PROG}] {m}", file=sys.stderr, flush=True))
-    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    loads = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
-    start = time.perf_counter()
-    try:
-        outcome = run_sahi_benchmark(
+    return run_and_report(
+        lambda: run_sahi_benchmark(
             run_dir=args.run_dir, weights=args.weights, num_images=args.images, size=parse_size(args.size),
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
             extra_batch_sizes=_parse_batch_sizes(args.extra_batch_sizes), score_thresh=args.score_thresh,
             threads=args.threads, device=args.device, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
             workdir=args.workdir, quiet=args.quiet, log=log,
-        )
-    except BenchError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
-    wall_s = time.perf_counter() - start
-    if loads:
-        loads.append(os.getloadavg()[0])
-    command = " ".join([invoked_as, shlex.join(list(argv))]).strip()
-    report = format_report(outcome, command, started, wall_s, loads)
-    write_text_atomic(args.out, report)
-    print(report)
-    log(f"wrote {args.out} ({wall_s:.0f} s)")
-    outcome["report"] = report
-    return outcome
+        ),
+        format_report, args.out, argv, invoked_as, PROG, log,
+    )
 
 
 if __name__ == "__main__":
