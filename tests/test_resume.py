@@ -154,3 +154,50 @@ def test_atomic_checkpointer_leaves_no_partial_file(tmp_path, monkeypatch):
     other = torch.nn.Linear(2, 2)
     AtomicCheckpointer(other, str(tmp_path)).resume_or_load("", resume=True)
     assert torch.equal(other.weight, model.weight)
+
+
+def _hold_lock(run_dir):
+    """Hold the run directory's lock as a live `ugs-train` process would."""
+    import fcntl
+
+    from ugs_d2.train import LOCK_FILE
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / LOCK_FILE, "a+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write("4242\n")
+    f.flush()
+    return f
+
+
+def test_a_run_directory_in_training_is_not_trained_twice(tmp_path):
+    # a single run refuses in one line; a sweep job skips it and the sweep goes on
+    held = _hold_lock(tmp_path / "run")
+    try:
+        proc = run_ugs_train([f"hydra.run.dir={tmp_path / 'run'}", "wandb.enabled=false"], tmp_path)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"ugs-train: {tmp_path / 'run'} is being trained by another process (pid 4242); "
+            "wait for it, or give this run another name="
+        )
+        sweep = tmp_path / "sweep"
+        busy = _hold_lock(sweep / "job0")
+        try:
+            proc = run_ugs_train(
+                ["-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${seed}", "seed=0",
+                 "wandb.enabled=false"], tmp_path,
+            )
+        finally:
+            busy.close()
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"[ugs-train] skipped: {sweep / 'job0'} is being trained by another process" in proc.stdout
+        assert not (sweep / "job0" / "metrics.json").exists()
+    finally:
+        held.close()
+    # released (the holder closed it, or died): the lock is free for the next process
+    from ugs_d2.train import RunDirLock
+
+    lock = RunDirLock(str(tmp_path / "run"))
+    assert lock.acquire() and not RunDirLock(str(tmp_path / "run")).acquire()
+    lock.release()
+    assert RunDirLock(str(tmp_path / "run")).acquire()

@@ -12,6 +12,8 @@ the resolved config (``.hydra/``, ``detectron2_config.yaml``), ``metrics.json``,
 ``results.json`` and, once everything is written, a ``done`` marker. Rerunning the same command
 continues from the last checkpoint, or only prints the results when the run is done.
 """
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -22,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
@@ -32,6 +35,56 @@ from ugs_d2.evaluation import results as results_io
 logger = logging.getLogger("ugs_d2")
 
 MAX_DIRNAME = 120
+LOCK_FILE = "train.lock"
+
+
+class RunDirLock:
+    """The run directory's exclusive lock (``train.lock``, flock), held while a job trains in it.
+
+    ``acquire()`` is False when another live process holds it: two sweeps launched over the same
+    directories (the lanes of projects/embedded_benchmark/run.sh, or a rerun while the first one
+    is still going) then share the work instead of training one run twice into the same files.
+    The kernel drops the lock when its process dies, so a killed run never leaves it behind.
+    Only the first task of a SLURM job takes it (the other nodes of a multi-node job share the
+    directory by design); on a file system without flock nothing is locked (a warning).
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, LOCK_FILE)
+        self._file = None
+
+    def acquire(self) -> bool:
+        if os.environ.get("SLURM_PROCID", "0") != "0":
+            return True
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.close()
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                return False
+            logger.warning("%s: no lock (%s); not guarded against a concurrent run", self.path, e)
+            return True
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the flock
+            self._file = None
+
+    def holder(self) -> str:
+        """The pid the holder wrote, for messages ("?" if unreadable)."""
+        try:
+            with open(self.path) as f:
+                return f.read().strip() or "?"
+        except OSError:
+            return "?"
 
 
 def run_dirname(override_dirname: str) -> str:
@@ -140,14 +193,13 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     return results
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
+    """``run`` in this process or in DDP ranks (launcher.*); None when ranks ran it."""
     from torch.multiprocessing import ProcessRaisedException
 
     from ugs_d2.config import resolve_device
     from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
 
-    output_dir = HydraConfig.get().runtime.output_dir
     try:
         # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
         # rank runs `run` on the same run directory, rank 0 writes results.json.
@@ -155,7 +207,7 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
         # job) spawned ranks could not unpickle it
         from ugs_d2 import train as this_module
 
-        results = launch_from_config(
+        return launch_from_config(
             this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
             use_cuda=resolve_device(cfg.device) == "cuda",
         )
@@ -166,6 +218,22 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
         if re.match(r"^[\w.]+\.(ConfigError|DatasetError): ", last):
             last = last.split(": ", 1)[1]
         raise failure(f"ugs-train: {last}") from None
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    output_dir = HydraConfig.get().runtime.output_dir
+    lock = RunDirLock(output_dir)
+    if not lock.acquire():
+        message = f"{output_dir} is being trained by another process (pid {lock.holder()})"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # leave it to that process, go on
+            print(f"[ugs-train] skipped: {message}")
+            return None
+        raise SystemExit(f"ugs-train: {message}; wait for it, or give this run another name=")
+    try:
+        results = _launch(cfg, output_dir)
+    finally:
+        lock.release()
     if results is None:  # ran in spawned processes: rank 0 wrote the results
         results = results_io.read_results(output_dir) if results_io.is_done(output_dir) else {}
     return results
