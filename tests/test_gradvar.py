@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from ugs_d2.cli import gradvar as gradvar_cli
+
 from conftest import TINY_RUN, run_ugs_train
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -276,3 +278,71 @@ def test_ugs_gradvar_errors_are_one_line(tmp_path):
     assert bad.stderr.strip() == (
         f"ugs-gradvar: {probed}: no gradvar statistics at iteration 7 (logged: 19, 39)"
     )
+
+
+def _sweep_job(sweep, overrides, metrics, done=True):
+    job = sweep / ",".join(overrides)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if done:
+        (job / "results.json").write_text(json.dumps({"AP": 1.0, "APs": 1.0}))
+        (job / "done").write_text("done\n")
+    return job
+
+
+def _gv(*windows):
+    """metrics.json records: one per (iteration, var, mean_abs) of the `small` bucket."""
+    return [{"iteration": it, "gradvar/small/var": var, "gradvar/small/mean_abs": mag,
+             "gradvar/small/count": 10} for it, var, mag in windows]
+
+
+def test_ugs_gradvar_sweep_pairs_seeds_and_reports_mean_and_std(tmp_path):
+    sweep = tmp_path / "multirun" / "t6"
+    common = ["+experiment=t6", "name=t6"]
+    # seed 0: last window var 8 vs 2 (ratio 4), |g| 2 vs 0.5 -> cv2 2 vs 8 (0.25), |g| ratio 4;
+    #         iteration 19: var 4 vs 2 (2) -> averaged ratio 3
+    _sweep_job(sweep, [*common, "ugs=off", "seed=0"], _gv((19, 4, 2), (39, 8, 2)))
+    _sweep_job(sweep, [*common, "ugs=full", "seed=0"], _gv((19, 2, 1), (39, 2, 0.5)))
+    # seed 1: var 12 vs 2 (6), cv2 3 vs 2 (1.5), |g| ratio 2; iteration 19: 6 vs 3 (2) -> 4
+    _sweep_job(sweep, [*common, "ugs=off", "seed=1"], _gv((19, 6, 2), (39, 12, 2)))
+    _sweep_job(sweep, [*common, "ugs=full", "seed=1"], _gv((19, 3, 1), (39, 2, 1)))
+    # unpaired or unfinished runs are left out
+    _sweep_job(sweep, [*common, "ugs=off", "seed=2"], _gv((19, 1, 1)))
+    _sweep_job(sweep, [*common, "ugs=full", "seed=2"], _gv((19, 1, 1)), done=False)
+    _sweep_job(sweep, [*common, "ugs=kl", "seed=0"], _gv((19, 1, 1)))
+
+    pairs = gradvar_cli.pair_sweep(str(sweep), "ugs=off", "ugs=full")
+    assert [label for label, _, _ in pairs] == ["experiment=t6,seed=0", "experiment=t6,seed=1"]
+    last, _ = gradvar_cli.compare_sweep(pairs)
+    (small,) = [row for row in last if row["bucket"] == "small"]
+    assert small["ratio"][0] == pytest.approx(5.0) and small["ratio"][1] == pytest.approx(2 ** 0.5)
+    assert small["cv2_ratio"][0] == pytest.approx(0.875)
+    assert small["cv2_ratio"][1] == pytest.approx(1.25 / 2 ** 0.5)
+    assert small["mag_ratio"][0] == pytest.approx(3.0) and small["ratio"][2] == 2
+    averaged, _ = gradvar_cli.compare_sweep(pairs, mean=True)
+    (small,) = [row for row in averaged if row["bucket"] == "small"]
+    assert small["ratio"][0] == pytest.approx(3.5) and small["ratio"][1] == pytest.approx(0.5 ** 0.5)
+
+    out = tmp_path / "gradvar.md"
+    proc = run_gradvar("--sweep", sweep, "--baseline", "ugs=off", "--against", "ugs=full", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| small | 5 +- 1.4 | 0.875 +- 0.88 | 3 +- 1.4 | 10 | 10 |" in text
+    assert "| small | 3.5 +- 0.71 |" in text
+    assert f"Regenerate: `ugs-gradvar --sweep {sweep} --baseline ugs=off --against ugs=full" in text
+
+
+def test_ugs_gradvar_sweep_errors_are_one_line(tmp_path):
+    sweep = tmp_path / "sweep"
+    _sweep_job(sweep, ["ugs=off", "seed=0"], _gv((19, 1, 1)))
+    for args, message in [
+        (["--baseline", "ugs"], "--baseline 'ugs': expected KEY=VALUE, e.g. ugs=off"),
+        (["--baseline", "seed=0"], "--baseline seed=0 and --against ugs=full must set the same key"),
+        ([], f"{sweep}: no complete ugs=off and ugs=full runs with otherwise equal overrides"),
+    ]:
+        proc = run_gradvar("--sweep", sweep, *args)
+        assert proc.returncode != 0
+        assert proc.stderr.strip() == f"ugs-gradvar: {message}"
+    proc = run_gradvar("--sweep", sweep, "--mean")
+    assert proc.returncode == 2 and "--sweep takes no" in proc.stderr
