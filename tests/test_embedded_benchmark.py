@@ -1,0 +1,73 @@
+"""The embedded benchmark (projects/embedded_benchmark): its presets and its runner.
+
+Running it is two hours of CPU; what a test can check is that every one of its 42 jobs would
+start with the recipe the write-up describes, and that run.sh runs every embedded sweep.
+"""
+import os
+import re
+import subprocess
+
+import pytest
+from omegaconf import OmegaConf
+from test_paper_presets import _compose, _get, _sweep_points
+
+from ugs_d2.cli.validate import CONFIG_DIR
+from ugs_d2.config import to_detectron2_cfg
+
+ROOT = os.path.dirname(CONFIG_DIR)
+RUN_SH = os.path.join(ROOT, "projects", "embedded_benchmark", "run.sh")
+RECIPE = {"SOLVER.MAX_ITER": 360, "SOLVER.STEPS": (290, 340), "SOLVER.IMS_PER_BATCH": 8,
+          "SOLVER.BASE_LR": 0.02, "SOLVER.WARMUP_ITERS": 20, "INPUT.RESIZE": "none",
+          "DATALOADER.NUM_WORKERS": 1}
+TWO_STAGE = {"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64, "MODEL.RPN.POST_NMS_TOPK_TRAIN": 256}
+# sweep -> (jobs, meta architectures, extra detectron2 values)
+SWEEPS = {
+    "embedded_table6": (24, {"GeneralizedRCNN", "UGSRCNN"}, TWO_STAGE),  # UGSRCNN: UR (ugs=full)
+    "embedded_detectors": (12, {"UGSRetinaNet", "UGSFCOS"}, {}),
+    # Cascade R-CNN: GeneralizedRCNN, or its UR subclass UGSCascadeRCNN with ugs=full
+    "embedded_cascade": (6, {"GeneralizedRCNN", "UGSCascadeRCNN"}, TWO_STAGE),
+}
+
+
+def test_the_benchmark_is_42_runs_of_3_seeds():
+    on_disk = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(CONFIG_DIR, "experiment"))}
+    assert {n for n in on_disk if n.startswith("embedded_")} == set(SWEEPS) | {"embedded_base"}
+    total = 0
+    for sweep, (jobs, _, _) in SWEEPS.items():
+        points = _sweep_points(sweep)
+        assert len(points) == jobs, sweep
+        assert {p for point in points for p in point if p.startswith("seed=")} == {
+            "seed=0", "seed=1", "seed=2"}
+        assert {p for point in points for p in point if p.startswith("ugs=")} >= {"ugs=off", "ugs=full"}
+        total += len(points)
+    assert total == 42
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_every_job_converts_with_the_recipe(sweep):
+    _, architectures, extra = SWEEPS[sweep]
+    seen = set()
+    for point in _sweep_points(sweep):
+        cfg = _compose([f"+experiment={sweep}", *point])
+        assert cfg.dataset.root == "datasets/synth128" and cfg.dataset.generate.image_size == 128
+        assert cfg.gradvar.enabled == (sweep == "embedded_table6")  # the probe: Faster R-CNN only
+        assert cfg.hydra.callbacks.collect_results.results_dir == "results/embedded"
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        del cfg["hydra"]
+        if cfg.model.get("project"):  # projects/ detectors register their classes on import
+            from ugs_d2.config import load_project
+
+            load_project(cfg.model.project)
+        d2 = to_detectron2_cfg(cfg, "/tmp/unused", num_classes=6)
+        for key, value in {**RECIPE, **extra}.items():
+            assert _get(d2, key) == value, (sweep, point, key)
+        seen.add(d2.MODEL.META_ARCHITECTURE)
+    assert seen == architectures
+
+
+def test_run_sh_runs_every_sweep_and_is_valid_bash():
+    assert subprocess.run(["bash", "-n", RUN_SH]).returncode == 0
+    text = open(RUN_SH).read()
+    (listed,) = re.findall(r"^SWEEPS=\(([^)]*)\)", text, flags=re.M)
+    assert {f"embedded_{s}" for s in listed.split()} == set(SWEEPS)
+    assert os.access(RUN_SH, os.X_OK)
