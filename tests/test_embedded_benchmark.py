@@ -71,3 +71,53 @@ def test_run_sh_runs_every_sweep_and_is_valid_bash():
     (listed,) = re.findall(r"^SWEEPS=\(([^)]*)\)", text, flags=re.M)
     assert {f"embedded_{s}" for s in listed.split()} == set(SWEEPS)
     assert os.access(RUN_SH, os.X_OK)
+
+
+def _load_summarize():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "embedded_summarize", os.path.join(ROOT, "projects", "embedded_benchmark", "summarize.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finished_job(sweep_dir, overrides, ap, aps, metrics=()):
+    import json
+
+    job = sweep_dir / ",".join(overrides)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / "results.json").write_text(json.dumps({"AP": ap, "AP50": 2 * ap, "APs": aps, "APm": None}))
+    (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (job / "done").write_text("done\n")
+
+
+def test_summary_pairs_seeds_and_states_the_targets(tmp_path):
+    summarize = _load_summarize()
+    table6 = tmp_path / "embedded_table6"
+    gv = lambda var: [{"iteration": 359, "gradvar/lt32/var": var, "gradvar/lt32/mean_abs": 1.0,  # noqa: E731
+                       "gradvar/lt32/count": 50}]
+    for seed, (off, full) in enumerate([(10.0, 13.0), (11.0, 12.0), (12.0, 14.0)]):
+        _finished_job(table6, ["+experiment=embedded_table6", "ugs=off", f"seed={seed}"], off, off - 1, gv(6.0))
+        _finished_job(table6, ["+experiment=embedded_table6", "ugs=full", f"seed={seed}"], full, full - 1, gv(2.0))
+    _finished_job(table6, ["+experiment=embedded_table6", "ugs=kl", "seed=0"], 9.0, 8.0)
+    dense = tmp_path / "embedded_detectors"  # RetinaNet: UGS clearly worse; FCOS: one seed only
+    for seed, (off, full) in enumerate([(5.0, 1.0), (6.0, 2.0), (7.0, 3.0)]):
+        for ugs, ap in (("off", off), ("full", full)):
+            _finished_job(dense, ["+experiment=embedded_detectors", "model=retinanet_r18_fpn",
+                                  f"ugs={ugs}", f"seed={seed}"], ap, ap)
+    _finished_job(dense, ["+experiment=embedded_detectors", "model=fcos_r18_fpn", "ugs=off", "seed=0"], 4.0, 4.0)
+
+    text = summarize.render(summarize.summarize(str(tmp_path)), "cmd")
+    # paired by seed: APs gains 3, 1, 2 -> 2 +- 1; AP off 11 +- 1, UGS 13 +- 1
+    assert "| Faster R-CNN | 11.00 +- 1.00 | 13.00 +- 1.00 | +2.00 +- 1.00 | 10.00 +- 1.00 | " \
+           "12.00 +- 1.00 | +2.00 +- 1.00 | yes |" in text
+    assert "| RetinaNet | 6.00 +- 1.00 | 2.00 +- 1.00 | -4.00 +- 0.00 |" in text and "| **no** |" in text
+    assert "| FCOS | 4.00 (n=1) | - | - |" in text
+    assert "| kl | 9.00 (n=1) | -1.00 (n=1) |" in text
+    assert "APs gain >= 1.5: +2.00 +- 1.00 points -> **met**" in text
+    assert "3 seed pair(s): 3 +- 0 (target >= 2.9) -> **met**" in text
+    assert "- RetinaNet: UGS not worse than baseline beyond one std (AP): **missed**" in text
+    assert "- Cascade R-CNN: UGS not worse than baseline beyond one std (AP): **not measured**" in text

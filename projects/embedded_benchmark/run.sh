@@ -11,7 +11,8 @@
 # Every lane runs the same three sweeps in the same order; a lane skips a run that another lane
 # is training (ugs-train's run-directory lock), so the lanes share the work like a queue.
 # Outputs: multirun/embedded_{table6,detectors,cascade}/ (the runs), logs/embedded_lane*.log,
-# results/embedded/embedded_{table6,detectors,cascade}.{md,csv} + plots, results/embedded/gradvar.md.
+# results/embedded/embedded_{table6,detectors,cascade}.{md,csv} + plots, results/embedded/gradvar.md,
+# results/embedded/summary.{md,png} (baseline vs UGS per detector, the targets).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -59,5 +60,6 @@ for part in "${SWEEPS[@]}"; do
 done
 "$BIN/ugs-gradvar" --sweep multirun/embedded_table6 --baseline ugs=off --against ugs=full \
     --out results/embedded/gradvar.md > /dev/null || status=$?
+"$BIN/python" projects/embedded_benchmark/summarize.py --out results/embedded/summary || status=$?
 echo "run.sh: results in results/embedded/ (status $status)"
 exit $status

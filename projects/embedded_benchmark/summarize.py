@@ -1,0 +1,231 @@
+"""Summarize the embedded benchmark: baseline vs full UGS per detector, Table 6 against its
+baseline, and the issue's targets. Reads only the finished runs (as ``ugs-results`` does), so it
+can run while the benchmark is still going; missing runs are counted, never guessed.
+
+    python projects/embedded_benchmark/summarize.py                      # print
+    python projects/embedded_benchmark/summarize.py --out results/embedded/summary
+        # -> summary.md + summary.png (AP and APs, baseline vs UGS per detector, error bars: std)
+
+Differences are paired by seed (UGS seed s minus baseline seed s), so seed-to-seed variation
+shared by both runs cancels; "mean +- std" is over the pairs.
+"""
+import argparse
+import math
+import os
+import shlex
+import statistics
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ugs_d2.cli import gradvar as gradvar_cli
+from ugs_d2.cli.results import CollectError, Group, collect
+from ugs_d2.fileio import write_text_atomic
+
+# detector -> (sweep name, overrides that select it in that sweep)
+DETECTORS: List[Tuple[str, str, Dict[str, str]]] = [
+    ("Faster R-CNN", "embedded_table6", {}),
+    ("RetinaNet", "embedded_detectors", {"model": "retinanet_r18_fpn"}),
+    ("FCOS", "embedded_detectors", {"model": "fcos_r18_fpn"}),
+    ("Cascade R-CNN", "embedded_cascade", {}),
+]
+TABLE6 = "embedded_table6"
+METRICS = ("AP", "AP50", "APs", "APm")
+APS_GAIN_TARGET = 1.5   # issue 6: UGS full vs baseline on Faster R-CNN, APs points
+GRADVAR_TARGET = 2.9    # paper Sec. 4.6: var(smooth-L1) / var(UGS), objects under 32 px
+
+
+def find_group(groups: Sequence[Group], **selected: str) -> Optional[Group]:
+    """The group whose overrides include every KEY=VALUE of ``selected``."""
+    matches = [g for g in groups if all(dict(g.key).get(k) == v for k, v in selected.items())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def per_seed(group: Optional[Group], metric: str) -> Dict[str, float]:
+    out = {}
+    for job in group.complete if group else []:
+        value = job.results.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[job.seed] = float(value)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float], int]:
+    if not values:
+        return None, None, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def paired(base: Dict[str, float], other: Dict[str, float]) -> List[float]:
+    """other - base for every seed both have."""
+    return [other[s] - base[s] for s in sorted(set(base) & set(other))]
+
+
+def fmt(stat: Tuple[Optional[float], Optional[float], int], sign: bool = False) -> str:
+    mean, std, n = stat
+    if mean is None:
+        return "-"
+    text = f"{mean:+.2f}" if sign else f"{mean:.2f}"
+    return text + (f" +- {std:.2f}" if std is not None else "") + ("" if n == 3 else f" (n={n})")
+
+
+def _collect(multirun: str, sweep: str):
+    try:
+        return collect(os.path.join(multirun, sweep))
+    except CollectError:
+        return None
+
+
+def summarize(multirun: str = "multirun") -> Dict[str, object]:
+    """Everything the report shows, as numbers (None where runs are missing)."""
+    detectors = []
+    for name, sweep, selected in DETECTORS:
+        collection = _collect(multirun, sweep)
+        groups = collection.groups if collection else []
+        off = find_group(groups, ugs="off", **selected)
+        full = find_group(groups, ugs="full", **selected)
+        row: Dict[str, object] = {"detector": name, "sweep": sweep}
+        for metric in METRICS:
+            a, b = per_seed(off, metric), per_seed(full, metric)
+            row[metric] = (mean_std(list(a.values())), mean_std(list(b.values())),
+                           mean_std(paired(a, b)))
+        ap_off, ap_full, _ = row["AP"]
+        # "not worse beyond one std": mean(UGS) >= mean(baseline) - std(baseline)
+        row["not_worse"] = (
+            None if ap_off[1] is None or ap_full[0] is None
+            else ap_full[0] >= ap_off[0] - ap_off[1]
+        )
+        detectors.append(row)
+
+    table6 = []
+    collection = _collect(multirun, TABLE6)
+    groups = collection.groups if collection else []
+    base = find_group(groups, ugs="off")
+    for group in groups:
+        ugs = dict(group.key).get("ugs")
+        row = {"ugs": ugs}
+        for metric in ("AP", "APs"):
+            values = per_seed(group, metric)
+            row[metric] = (mean_std(list(values.values())),
+                           mean_std(paired(per_seed(base, metric), values)) if ugs != "off" else None)
+        table6.append(row)
+
+    gradvar = None
+    try:
+        pairs = gradvar_cli.pair_sweep(os.path.join(multirun, TABLE6), "ugs=off", "ugs=full")
+        last, _ = gradvar_cli.compare_sweep(pairs)
+        gradvar = {r["bucket"]: r for r in last}
+        gradvar["_pairs"] = len(pairs)
+    except gradvar_cli.GradVarError:
+        pass
+    return {"detectors": detectors, "table6": table6, "gradvar": gradvar}
+
+
+def render(summary: Dict[str, object], command: str) -> str:
+    lines = [
+        "# Embedded benchmark: summary",
+        "",
+        f"Regenerate: `{command}` (after `projects/embedded_benchmark/run.sh`)",
+        "",
+        "Mean +- sample std over seeds 0-2 (`(n=k)`: only k runs finished). Δ = UGS minus baseline,",
+        "paired by seed. Tables of every run: `embedded_table6.md`, `embedded_detectors.md`,",
+        "`embedded_cascade.md`; gradient variance: `gradvar.md`.",
+        "",
+        "## Baseline (`ugs=off`) vs full UGS (`ugs=full`) per detector",
+        "",
+        "| detector | AP off | AP UGS | Δ AP | APs off | APs UGS | Δ APs | not worse (AP) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in summary["detectors"]:
+        ap, aps = row["AP"], row["APs"]
+        verdict = {None: "-", True: "yes", False: "**no**"}[row["not_worse"]]
+        lines.append(
+            f"| {row['detector']} | {fmt(ap[0])} | {fmt(ap[1])} | {fmt(ap[2], True)} | "
+            f"{fmt(aps[0])} | {fmt(aps[1])} | {fmt(aps[2], True)} | {verdict} |"
+        )
+    lines += [
+        "",
+        "\"not worse\": mean AP(UGS) >= mean AP(baseline) - std AP(baseline).",
+        "",
+        "## Table 6 rows on Faster R-CNN",
+        "",
+        "| ugs | AP | Δ AP vs off | APs | Δ APs vs off |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in summary["table6"]:
+        d_ap = fmt(row["AP"][1], True) if row["AP"][1] else ""
+        d_aps = fmt(row["APs"][1], True) if row["APs"][1] else ""
+        lines.append(f"| {row['ugs']} | {fmt(row['AP'][0])} | {d_ap} | {fmt(row['APs'][0])} | {d_aps} |")
+
+    lines += ["", "## Targets (issue 6)", ""]
+    faster = summary["detectors"][0]
+    gain = faster["APs"][2]
+    lines.append(
+        f"- Faster R-CNN, UGS full vs baseline, APs gain >= {APS_GAIN_TARGET}: "
+        + ("not measured" if gain[0] is None else
+           f"{fmt(gain, True)} points -> **{'met' if gain[0] >= APS_GAIN_TARGET else 'missed'}**")
+    )
+    gradvar = summary["gradvar"]
+    lt32 = gradvar.get("lt32") if gradvar else None
+    if lt32 and lt32["ratio"][0] is not None:
+        ratio = lt32["ratio"]
+        lines.append(
+            f"- Gradient-variance ratio var(smooth-L1)/var(UGS), objects < 32 px, last window, "
+            f"{gradvar['_pairs']} seed pair(s): {gradvar_cli._pm(ratio)} (target >= {GRADVAR_TARGET}) "
+            f"-> **{'met' if ratio[0] >= GRADVAR_TARGET else 'missed'}**; scale-free var/mean^2 ratio "
+            f"{gradvar_cli._pm(lt32['cv2_ratio'])}"
+        )
+    else:
+        lines.append("- Gradient-variance ratio: not measured (no finished off/full pair)")
+    for row in summary["detectors"]:
+        verdict = {None: "not measured", True: "met", False: "missed"}[row["not_worse"]]
+        lines.append(f"- {row['detector']}: UGS not worse than baseline beyond one std (AP): **{verdict}**")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Dict[str, object], path: str) -> Optional[str]:
+    """AP and APs, baseline vs UGS per detector (bars: mean, error bars: std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["detectors"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.38
+    for ax, metric in zip(axes, ("AP", "APs")):
+        for k, (label, colour) in enumerate((("ugs=off", "#888888"), ("ugs=full", "#1f77b4"))):
+            means = [r[metric][k][0] or 0.0 for r in rows]
+            stds = [r[metric][k][1] or 0.0 for r in rows]
+            xs = [i + (k - 0.5) * width for i in range(len(rows))]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=label, color=colour)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["detector"] for r in rows], fontsize=8)
+        ax.set_title(f"{metric} (mean +- std over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--multirun", default="multirun", help="where the embedded_* sweeps are")
+    parser.add_argument("--out", help="write OUT.md and OUT.png (atomically) besides printing")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    summary = summarize(args.multirun)
+    command = " ".join(["python projects/embedded_benchmark/summarize.py"] + [shlex.quote(a) for a in argv])
+    text = render(summary, command)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        write_text_atomic(args.out + ".md", text)
+        plot(summary, args.out + ".png")
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
