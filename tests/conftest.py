@@ -44,3 +44,27 @@ def run_ugs_train(args, cwd, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+def write_sweep_job(sweep, name, overrides, num=None, results=None, metrics=None, failed=None):
+    """A Hydra job directory as a multirun leaves it, for the readers of sweeps (ugs-results,
+    ugs-gradvar --sweep, the embedded benchmark's summary): ``.hydra/overrides.yaml`` (+
+    ``hydra.yaml`` with the job number when ``num`` is given), ``metrics.json`` records,
+    ``results.json`` + ``done`` when ``results`` is given, a ``failed`` marker."""
+    import json
+
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if num is not None:
+        (job / ".hydra" / "hydra.yaml").write_text(
+            f"hydra:\n  job:\n    num: {num}\n    config:\n      override_dirname:\n"
+            f"        exclude_keys: [name, wandb.mode]\n")
+    if metrics is not None:
+        (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if results is not None:
+        (job / "results.json").write_text(json.dumps(results))
+        (job / "done").write_text("done\n")
+    if failed is not None:
+        (job / "failed").write_text(failed)
+    return job

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 from omegaconf import OmegaConf
+from conftest import write_sweep_job
 from test_paper_presets import _compose, _get, _sweep_points
 
 from ugs_d2.cli.validate import CONFIG_DIR
@@ -84,14 +85,8 @@ def _load_summarize():
 
 
 def _finished_job(sweep_dir, overrides, ap, aps, metrics=()):
-    import json
-
-    job = sweep_dir / ",".join(overrides)
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (job / "results.json").write_text(json.dumps({"AP": ap, "AP50": 2 * ap, "APs": aps, "APm": None}))
-    (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (job / "done").write_text("done\n")
+    results = {"AP": ap, "AP50": 2 * ap, "APs": aps, "APm": None}
+    return write_sweep_job(sweep_dir, ",".join(overrides), overrides, results=results, metrics=list(metrics))
 
 
 def test_summary_pairs_seeds_and_states_the_targets(tmp_path):

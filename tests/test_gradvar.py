@@ -10,7 +10,7 @@ from torch import nn
 
 from ugs_d2.cli import gradvar as gradvar_cli
 
-from conftest import TINY_RUN, run_ugs_train
+from conftest import TINY_RUN, run_ugs_train, write_sweep_job
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -281,14 +281,8 @@ def test_ugs_gradvar_errors_are_one_line(tmp_path):
 
 
 def _sweep_job(sweep, overrides, metrics, done=True):
-    job = sweep / ",".join(overrides)
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    if done:
-        (job / "results.json").write_text(json.dumps({"AP": 1.0, "APs": 1.0}))
-        (job / "done").write_text("done\n")
-    return job
+    results = {"AP": 1.0, "APs": 1.0} if done else None
+    return write_sweep_job(sweep, ",".join(overrides), overrides, metrics=metrics, results=results)
 
 
 def _gv(*windows):

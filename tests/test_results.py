@@ -1,10 +1,11 @@
 """``ugs-results`` on a hand-made sweep directory with known numbers, and the Hydra callback."""
 import csv
-import json
 import os
 
 import pytest
 from omegaconf import OmegaConf
+
+from conftest import write_sweep_job
 
 from ugs_d2.cli import results as collector
 from ugs_d2.harness.callbacks import CollectResults
@@ -14,22 +15,10 @@ COMMON = ["+experiment=fake", "dataset.root=/data/synth", "num_workers=0", "devi
 
 
 def _job(sweep, name, overrides, num, results=None, metrics=None, failed=None):
-    job = sweep / name
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (job / ".hydra" / "hydra.yaml").write_text(
-        f"hydra:\n  job:\n    num: {num}\n    config:\n      override_dirname:\n"
-        f"        exclude_keys: [name, wandb.mode]\n")
-    if metrics is not None:
-        (job / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     if results is not None:
-        full = {"AP50": 40.0, "AP75": 10.0, "APm": 30.0, "APl": None, "per_class_AP": {"a": 1.0},
-                "iterations": 100, "wall_time_s": 1.0, **results}
-        (job / "results.json").write_text(json.dumps(full))
-        (job / "done").write_text("done\n")
-    if failed is not None:
-        (job / "failed").write_text(failed)
-    return job
+        results = {"AP50": 40.0, "AP75": 10.0, "APm": 30.0, "APl": None, "per_class_AP": {"a": 1.0},
+                   "iterations": 100, "wall_time_s": 1.0, **results}
+    return write_sweep_job(sweep, name, overrides, num, results, metrics, failed)
 
 
 @pytest.fixture
