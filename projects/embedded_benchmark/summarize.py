@@ -13,11 +13,11 @@ import argparse
 import math
 import os
 import shlex
-import statistics
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ugs_d2.cli import gradvar as gradvar_cli
+from ugs_d2.cli.gradvar import mean_std
 from ugs_d2.cli.results import CollectError, Group, collect
 from ugs_d2.fileio import write_text_atomic
 
@@ -47,12 +47,6 @@ def per_seed(group: Optional[Group], metric: str) -> Dict[str, float]:
         if isinstance(value, (int, float)) and math.isfinite(value):
             out[job.seed] = float(value)
     return out
-
-
-def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float], int]:
-    if not values:
-        return None, None, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
 def paired(base: Dict[str, float], other: Dict[str, float]) -> List[float]:
@@ -170,9 +164,9 @@ def render(summary: Dict[str, object], command: str) -> str:
         ratio = lt32["ratio"]
         lines.append(
             f"- Gradient-variance ratio var(smooth-L1)/var(UGS), objects < 32 px, last window, "
-            f"{gradvar['_pairs']} seed pair(s): {gradvar_cli._pm(ratio)} (target >= {GRADVAR_TARGET}) "
+            f"{gradvar['_pairs']} seed pair(s): {gradvar_cli.format_mean_std(ratio)} (target >= {GRADVAR_TARGET}) "
             f"-> **{'met' if ratio[0] >= GRADVAR_TARGET else 'missed'}**; scale-free var/mean^2 ratio "
-            f"{gradvar_cli._pm(lt32['cv2_ratio'])}"
+            f"{gradvar_cli.format_mean_std(lt32['cv2_ratio'])}"
         )
     else:
         lines.append("- Gradient-variance ratio: not measured (no finished off/full pair)")

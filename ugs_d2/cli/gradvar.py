@@ -31,7 +31,7 @@ from ugs_d2.evaluation.metrics import metrics_path, read_metrics
 
 __all__ = [
     "GradVarError", "load_gradvar", "compare", "format_table", "pair_sweep", "compare_sweep",
-    "format_sweep_markdown", "main",
+    "format_sweep_markdown", "mean_std", "format_mean_std", "main",
 ]
 
 PROG = "ugs-gradvar"
@@ -224,7 +224,8 @@ def pair_sweep(sweep_dir: str, baseline: str, against: str) -> List[Tuple[str, s
     ]
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float], int]:
+def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
+    """(mean, sample std or None below 2 values, n) of the finite values."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None, None, 0
@@ -255,14 +256,14 @@ def compare_sweep(
         rows = [r for rs in per_pair.values() for r in rs if r["bucket"] == bucket]
         out: Dict[str, object] = {"bucket": bucket}
         for name in ("ratio", "cv2_ratio", "mag_ratio"):
-            out[name] = _mean_std([r[name] for r in rows])
-        out["count_a"] = _mean_std([r["count_a"] for r in rows])[0]
-        out["count_b"] = _mean_std([r["count_b"] for r in rows])[0]
+            out[name] = mean_std([r[name] for r in rows])
+        out["count_a"] = mean_std([r["count_a"] for r in rows])[0]
+        out["count_b"] = mean_std([r["count_b"] for r in rows])[0]
         summary.append(out)
     return summary, per_pair
 
 
-def _pm(stat: Tuple[Optional[float], Optional[float], int]) -> str:
+def format_mean_std(stat: Tuple[Optional[float], Optional[float], int]) -> str:
     mean, std, n = stat
     if mean is None:
         return "-"
@@ -296,8 +297,9 @@ def format_sweep_markdown(
         lines += [f"## {title}", "", header, "|---|---:|---:|---:|---:|---:|"]
         for row in summary:
             lines.append(
-                f"| {row['bucket']} | {_pm(row['ratio'])} | {_pm(row['cv2_ratio'])} | "
-                f"{_pm(row['mag_ratio'])} | {_fmt(row['count_a'], count=True)} | "
+                f"| {row['bucket']} | {format_mean_std(row['ratio'])} | "
+                f"{format_mean_std(row['cv2_ratio'])} | {format_mean_std(row['mag_ratio'])} | "
+                f"{_fmt(row['count_a'], count=True)} | "
                 f"{_fmt(row['count_b'], count=True)} |"
             )
         lines.append("")
