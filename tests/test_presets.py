@@ -39,3 +39,8 @@ def test_every_preset_trains_and_evaluates(tiny_dataset, tmp_path):
         logged = set(records[-1])
         assert EXPECTED_LOSSES.get(preset, {"loss_rpn_loc", "loss_box_reg"}) <= logged, (preset, logged)
         assert os.path.isfile(run_dir / "inference" / "synth_test" / "coco_instances_results.json")
+        # the jobs ran one after another in one process: each log.txt holds its own job only
+        log = (run_dir / "log.txt").read_text()
+        assert str(run_dir / "inference") in log, preset
+        others = [p for p in PRESETS if p != preset and str(sweep_dir / p / "inference") in log]
+        assert not others, (preset, others)

@@ -107,6 +107,15 @@ def _setup_logging(output_dir: str) -> None:
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
 
+    # A multirun runs its jobs one after another in this process. setup_logger only ever adds
+    # handlers (cached per argument tuple), so without this every earlier job's log.txt would
+    # also receive each later job's lines, and the console would print each line once per job.
+    for name in ("detectron2", "ugs_d2"):
+        named = logging.getLogger(name)
+        for handler in list(named.handlers):
+            named.removeHandler(handler)
+    setup_logger.cache_clear()
+
     rank = comm.get_rank()  # DDP: rank 0 logs to the console and log.txt, rank r to log.txt.rank<r>
     setup_logger(output_dir, distributed_rank=rank, name="detectron2", abbrev_name="d2")
     setup_logger(output_dir, distributed_rank=rank, name="ugs_d2")
