@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?= -q
 export PYTHON VENV D2_SOURCE
 
-.PHONY: install run test bench-deps clean-outputs help
+.PHONY: install run test bench-deps bench-deps-headless clean-outputs help
 
 help:
 	@sed -n '1,8p' Makefile
@@ -35,6 +35,14 @@ test: install
 # Bench-only dependencies (SAHI, for `ugs-bench sahi`); not needed to train, evaluate or test.
 bench-deps: install
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -r launch/requirements-bench.txt
+
+# SAHI for headless machines (CI installs it, so the SAHI-side tests run there): SAHI without
+# its GUI OpenCV wheel (it needs libGL); cv2 comes from the stack's opencv-python-headless of the
+# same version. Same SAHI pin as launch/requirements-bench.txt.
+bench-deps-headless: install
+	$(VENV)/bin/python -m pip install --disable-pip-version-check --no-deps \
+		"$$(grep -E '^sahi==' launch/requirements-bench.txt)"
+	$(VENV)/bin/python -m pip install --disable-pip-version-check "shapely>=2.0.0" fire click requests
 
 clean-outputs:
 	rm -rf outputs multirun

@@ -1,5 +1,5 @@
 """ugs-bench sahi: the scene generator, the box matching, the run/config plumbing and, where SAHI
-is installed (``make bench-deps``; CI does not install it), matched SAHI == our tiled predictor."""
+is installed (``make bench-deps``; CI: ``make bench-deps-headless``), matched SAHI == our tiled predictor."""
 import importlib.util
 import inspect
 import os
@@ -26,7 +26,7 @@ from ugs_d2.data.tiling import tile_windows
 
 HAVE_SAHI = importlib.util.find_spec("sahi") is not None
 needs_sahi = pytest.mark.skipif(
-    not HAVE_SAHI, reason="sahi is a bench-only dependency (make bench-deps); CI does not install it")
+    not HAVE_SAHI, reason="sahi is a bench-only dependency: make bench-deps (or bench-deps-headless)")
 
 
 # --- scenes ----------------------------------------------------------------------------------
