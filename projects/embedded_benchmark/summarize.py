@@ -71,10 +71,14 @@ def _collect(multirun: str, sweep: str):
 
 def summarize(multirun: str = "multirun") -> Dict[str, object]:
     """Everything the report shows, as numbers (None where runs are missing)."""
+    groups_of = {}  # sweep -> its groups, each sweep read once
+    for _, sweep, _ in DETECTORS:
+        if sweep not in groups_of:
+            collection = _collect(multirun, sweep)
+            groups_of[sweep] = collection.groups if collection else []
     detectors = []
     for name, sweep, selected in DETECTORS:
-        collection = _collect(multirun, sweep)
-        groups = collection.groups if collection else []
+        groups = groups_of[sweep]
         off = find_group(groups, ugs="off", **selected)
         full = find_group(groups, ugs="full", **selected)
         row: Dict[str, object] = {"detector": name, "sweep": sweep}
@@ -91,8 +95,7 @@ def summarize(multirun: str = "multirun") -> Dict[str, object]:
         detectors.append(row)
 
     table6 = []
-    collection = _collect(multirun, TABLE6)
-    groups = collection.groups if collection else []
+    groups = groups_of[TABLE6]
     base = find_group(groups, ugs="off")
     for group in groups:
         ugs = dict(group.key).get("ugs")

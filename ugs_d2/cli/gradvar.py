@@ -189,7 +189,7 @@ def pair_sweep(sweep_dir: str, baseline: str, against: str) -> List[Tuple[str, s
     """(label, baseline run dir, compared run dir) for every pair of complete jobs of
     ``sweep_dir`` that differ only in the key of ``baseline``/``against`` (KEY=VALUE each), e.g.
     one pair per seed. The label is the pair's other overrides (``seed=0``)."""
-    from ugs_d2.cli.results import CollectError, IGNORED_KEYS, find_jobs
+    from ugs_d2.cli.results import CollectError, find_jobs, group_key
 
     key_a, value_a = _parse_override(baseline, "--baseline")
     key_b, value_b = _parse_override(against, "--against")
@@ -202,16 +202,14 @@ def pair_sweep(sweep_dir: str, baseline: str, against: str) -> List[Tuple[str, s
     except CollectError as e:
         raise GradVarError(str(e)) from None
     sides: Dict[str, Dict[Tuple[Tuple[str, str], ...], str]] = {value_a: {}, value_b: {}}
-    for job in jobs:
-        pairs = dict(o.lstrip("+").partition("=")[::2] for o in job.overrides)
+    for job in jobs:  # pair key: the collector's experiment key without KEY, plus the seed
+        pairs = dict(group_key(job.overrides, job.ignored))
         value = pairs.pop(key_a, None)
         if value not in sides:
             continue
-        rest = tuple(sorted(
-            (k, v) for k, v in pairs.items()
-            if k not in IGNORED_KEYS or k == "seed"
-            if k not in job.ignored and not k.startswith(("hydra.", "hydra/"))
-        ))
+        if job.seed is not None:
+            pairs["seed"] = job.seed
+        rest = tuple(sorted(pairs.items()))
         sides[value][rest] = job.path
     common = sorted(set(sides[value_a]) & set(sides[value_b]))
     if not common:

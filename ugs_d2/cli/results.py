@@ -52,6 +52,7 @@ __all__ = [
     "Collection",
     "CollectError",
     "find_jobs",
+    "group_key",
     "collect",
     "write_outputs",
     "main",
@@ -165,7 +166,9 @@ def _split(override: str) -> Tuple[str, str]:
     return key.lstrip("+"), value
 
 
-def _group_key(overrides: Sequence[str], ignored: Sequence[str] = ()) -> Tuple[Tuple[str, str], ...]:
+def group_key(overrides: Sequence[str], ignored: Sequence[str] = ()) -> Tuple[Tuple[str, str], ...]:
+    """A job's overrides as sorted (key, value) pairs, without seed and the keys that do not
+    change a result: jobs with equal keys are the same experiment."""
     pairs = []
     for override in overrides:
         key, value = _split(override)
@@ -286,7 +289,7 @@ def collect(sweep_dir: str) -> Collection:
         raise CollectError(f"no Hydra job directory (.hydra/overrides.yaml) under {sweep_dir}")
     groups: Dict[Tuple[Tuple[str, str], ...], Group] = {}
     for job in jobs:  # sweep order: a group's position is its first job's
-        key = _group_key(job.overrides, job.ignored)
+        key = group_key(job.overrides, job.ignored)
         groups.setdefault(key, Group(key)).jobs.append(job)
     keys: List[str] = []
     for group in groups.values():
