@@ -15,19 +15,38 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-__all__ = ["in_grid", "two_hot", "expectation"]
+__all__ = ["in_grid", "two_hot", "expectation", "GRID_FORMS"]
+
+#: the two readings of Eq. 9 (see :func:`in_grid`)
+GRID_FORMS = ("coupled", "normalized")
 
 
 def in_grid(
-    value_range: float, modulator: float, num_intervals: int, *, dtype: torch.dtype = None
+    value_range: float,
+    modulator: float,
+    num_intervals: int,
+    *,
+    form: str = "coupled",
+    dtype: torch.dtype = None,
 ) -> Tensor:
-    """Interval-non-uniform grid (Eq. 9).
+    """Interval-non-uniform grid (Eq. 9), in one of its two readings.
 
-    With uniform points ``u_i = -a + 2a*i/n`` (``i = 0..n``)::
+    With uniform points ``u_i = -a + 2a*i/n`` (``i = 0..n``):
 
-        g_i = sign(u_i) * a * (exp(b*|u_i|) - 1) / (exp(b*a) - 1)
+    * ``form="coupled"`` (the formula as printed: ``b`` multiplies the unnormalised ``u``)::
 
-    The grid is odd (``g_{n-i} = -g_i``), strictly increasing, and has endpoints ``-a`` and ``a``.
+          g_i = sign(u_i) * a * (exp(b*|u_i|) - 1) / (exp(b*a) - 1)
+
+      The shape depends on ``b * a``: at the R-CNN default (a=5, b=1, n=5) the grid is
+      ``[-5, -0.65, -0.058, 0.058, 0.65, 5]``, so the range also changes the density.
+    * ``form="normalized"`` (``b`` acts on ``u / a``, so range and modulator are independent,
+      as Table 7 varies them)::
+
+          g_i = sign(u_i) * a * (exp(b*|u_i|/a) - 1) / (exp(b) - 1)
+
+      a=5, b=1, n=5 gives ``[-5, -2.39, -0.64, 0.64, 2.39, 5]``; the shape depends on ``b`` only.
+
+    Both are odd (``g_{n-i} = -g_i``), strictly increasing, and has endpoints ``-a`` and ``a``.
     With this formula a LARGER modulator ``b`` packs the points closer to zero (the spacing grows
     exponentially away from zero); ``b -> 0`` is the uniform grid and ``b == 0`` returns it exactly
     (the limit, not a 0/0). A negative ``b`` packs points towards the ends instead. The paper's
@@ -38,6 +57,7 @@ def in_grid(
         value_range: ``a > 0``, half-width of the covered target interval.
         modulator: ``b``, density control; 0 gives the uniform grid.
         num_intervals: ``n >= 1``; the grid has ``n + 1`` points.
+        form: ``"coupled"`` or ``"normalized"`` (:data:`GRID_FORMS`).
         dtype: result dtype (default: torch's default dtype). Computed in float64 first.
 
     Returns:
@@ -47,6 +67,8 @@ def in_grid(
         raise ValueError(
             f"need value_range > 0 and num_intervals >= 1, got {value_range}, {num_intervals}"
         )
+    if form not in GRID_FORMS:
+        raise ValueError(f"grid form must be one of {', '.join(GRID_FORMS)}, got {form!r}")
     dtype = dtype or torch.get_default_dtype()
     # a * (k / n) with integer k in [-n, n]: exactly odd, and exactly +-a at the ends.
     steps = torch.arange(-num_intervals, num_intervals + 1, 2, dtype=torch.float64)
@@ -54,8 +76,11 @@ def in_grid(
     if modulator == 0:
         return uniform.to(dtype)
     # expm1 keeps the ratio accurate for tiny |b| (where exp(.) - 1 would cancel).
-    end = torch.tensor(modulator * value_range, dtype=torch.float64)
-    scale = torch.expm1(modulator * uniform.abs()) / torch.expm1(end)
+    if form == "coupled":
+        exponent, end = modulator * uniform.abs(), modulator * value_range
+    else:
+        exponent, end = modulator * uniform.abs() / value_range, modulator
+    scale = torch.expm1(exponent) / torch.expm1(torch.tensor(end, dtype=torch.float64))
     return (torch.sign(uniform) * value_range * scale).to(dtype)
 
 

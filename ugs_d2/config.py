@@ -269,10 +269,25 @@ def to_detectron2_cfg(
         node.RANGE = get(f"ugs.{stage}.range", number)
         node.MODULATOR = get(f"ugs.{stage}.modulator", number)
         node.NUM_INTERVALS = get(f"ugs.{stage}.num_intervals", integer)
+        node.GRID_FORM = get(f"ugs.{stage}.grid_form", string)
+    # smooth-L1's beta for a native stage: 0 = L1 (detectron2's default, the paper's
+    # "Baseline"), 1.0 = the paper's "Smooth-L1" row (MMDetection's SmoothL1Loss)
+    d2.MODEL.RPN.SMOOTH_L1_BETA = get("ugs.rpn.smooth_l1_beta", number)
+    d2.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = get("ugs.roi.smooth_l1_beta", number)
+    d2.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = d2.MODEL.RPN.SMOOTH_L1_BETA  # the dense head reads ugs.rpn
+    for stage in ("rpn", "roi"):
+        if get(f"ugs.{stage}.smooth_l1_beta", number) < 0:
+            raise ConfigError(f"ugs.{stage}.smooth_l1_beta: expected >= 0 (0 = L1)")
     d2.MODEL.UGS.UM_WEIGHT = get("ugs.um_weight", number)
     d2.MODEL.UGS.UR_WEIGHT = get("ugs.ur_weight", number)
     d2.MODEL.UGS.UR_RHO = get("ugs.ur_rho", number)
     d2.MODEL.UGS.UR_LEVELS = get("ugs.ur_levels", _list_of(string))
+    d2.MODEL.UGS.UR_NORM = get("ugs.ur_norm", string)
+    d2.MODEL.UGS.UR_LOSSES = get("ugs.ur_losses", string)
+    d2.MODEL.UGS.UR_IMPL = get("ugs.ur_impl", string)
+    d2.MODEL.UGS.DET_LOSS_SCALE = get("ugs.det_loss_scale", number)
+    d2.MODEL.UGS.DENSE.LOC_WEIGHT = get("ugs.dense.loc_weight", number)
+    d2.MODEL.UGS.DENSE.COORD_REDUCTION = get("ugs.dense.coord_reduction", string)
     clip = get("ugs.grad_clip_norm", number)
     if clip < 0:
         raise ConfigError(f"ugs.grad_clip_norm: expected >= 0, got {clip}")

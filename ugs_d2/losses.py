@@ -5,13 +5,21 @@ Every function returns per-element values (no reduction): the detectron2 modules
 Smooth-L1 and GIoU, the other Table-6 rows, are detectron2's own (``fvcore.nn.smooth_l1_loss``,
 ``fvcore.nn.giou_loss``, selected by ``MODEL.*.BBOX_REG_LOSS_TYPE``) and are not reimplemented.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
 from .bins import two_hot
 
-__all__ = ["bin_cross_entropy", "entropy", "adversarial_perturbation", "kl_loss"]
+__all__ = [
+    "bin_cross_entropy",
+    "entropy",
+    "adversarial_perturbation",
+    "kl_loss",
+    "UR_NORMS",
+]
 
 
 def bin_cross_entropy(logits: Tensor, targets: Tensor, grid: Tensor) -> Tensor:
@@ -49,24 +57,50 @@ def entropy(logits: Tensor) -> Tensor:
     return -(log_prob.exp() * log_prob).sum(dim=-1)
 
 
-def adversarial_perturbation(grad: Tensor, rho: float) -> Tensor:
+#: scopes of the UR perturbation's norm (:func:`adversarial_perturbation`)
+UR_NORMS = ("image", "relative", "location")
+
+
+def adversarial_perturbation(
+    grad: Tensor, rho: float, norm: str = "image", features: Optional[Tensor] = None
+) -> Tensor:
     """Closed-form feature perturbation of uncertainty-guided refinement (Eq. 15).
 
-    ``eps = rho * g / ||g||_2`` with the L2 norm taken over each image's whole feature map
-    (all dims but the first), so every image's perturbation has norm ``rho`` (or is 0 where
-    ``g == 0``). The result is detached: the min-max objective (Eq. 14) treats ``eps`` as a
-    constant, so no gradient may flow into it.
+    ``eps = rho * s * g / ||g||_2`` in the ascent direction of the uncertainty; the scope of the
+    norm and the scale ``s`` are the reading of Eq. 15 (``norm``):
+
+    * ``"image"``: ``||g||`` over each image's whole ``C x H x W`` map, ``s = 1``, so
+      ``||eps|| = rho`` per image. Against FPN features whose norm is in the thousands this is
+      ``||eps|| / ||P|| ~ 1e-3`` (measured), too small to change any loss.
+    * ``"relative"``: the same direction, ``s = ||P||`` over the same ``C x H x W`` map, so
+      ``||eps|| = rho * ||P||`` per image and level: ``rho`` is a fraction of the feature norm,
+      and the perturbation concentrates where the uncertainty's gradient does.
+    * ``"location"``: per spatial position, across channels: ``eps[:, y, x] = rho *
+      ||P[:, y, x]|| * g[:, y, x] / ||g[:, y, x]||``, so every position is moved by ``rho`` times
+      its own feature norm (positions with zero gradient stay).
+
+    The result is detached: the min-max objective (Eq. 14) treats ``eps`` as a constant.
 
     Args:
-        grad: Tensor[N, C, H, W], gradient of the uncertainty loss wrt one FPN level's features.
+        grad: Tensor[N, C, H, W], gradient of the uncertainty wrt one FPN level's features.
         rho: perturbation radius, >= 0.
+        norm: one of :data:`UR_NORMS`.
+        features: Tensor[N, C, H, W], the level's features ``P``; required unless ``"image"``.
 
     Returns:
         Tensor[N, C, H, W], detached, in ``grad``'s dtype.
     """
+    if norm not in UR_NORMS:
+        raise ValueError(f"UR norm must be one of {', '.join(UR_NORMS)}, got {norm!r}")
     g = grad.detach().float()  # the norm in fp32 so that fp16 gradients neither under- nor overflow
-    norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)  # clamp: a zero gradient gives a zero eps
-    return (g * (rho / norm).view(-1, *([1] * (g.dim() - 1)))).to(grad.dtype)
+    dims = (1,) if norm == "location" else tuple(range(1, g.dim()))
+    l2 = lambda x: torch.linalg.vector_norm(x, dim=dims, keepdim=True)  # noqa: E731
+    scale = rho / l2(g).clamp_min(1e-12)  # clamp: a zero gradient gives a zero eps
+    if norm != "image":
+        if features is None:
+            raise ValueError(f"UR norm {norm!r} needs the features")
+        scale = scale * l2(features.detach().float())
+    return (g * scale).to(grad.dtype)
 
 
 def kl_loss(pred: Tensor, log_var: Tensor, target: Tensor) -> Tensor:

@@ -7,14 +7,20 @@ keys need, so that a config never names them by hand.
 import math
 
 from detectron2.config import CfgNode as CN
+from torch import Tensor
 
-from ..bins import in_grid
+from ..bins import GRID_FORMS, in_grid
+from ..losses import UR_NORMS
+from .refinement import UR_IMPLS, UR_LOSSES
+from .stage import REDUCTIONS, BinLocalization
 
 __all__ = [
     "add_ugs_config",
     "validate_ugs_config",
     "apply_ugs_architecture",
     "stage_mode",
+    "stage_grid",
+    "build_localization",
     "params_per_coordinate",
     "REG_LOSSES",
     "UR_LEVEL_NAMES",
@@ -38,11 +44,29 @@ def add_ugs_config(cfg: CN) -> None:
         node.RANGE = value_range  # a in Eq. 9: the grid spans [-a, a] (in encoded-delta units)
         node.MODULATOR = 1.0  # b in Eq. 9: larger packs bins nearer 0; 0 = uniform grid
         node.NUM_INTERVALS = num_intervals  # n in Eq. 9: n + 1 bins per coordinate
+        # reading of Eq. 9: "coupled" (b multiplies the unnormalised u, as printed) or
+        # "normalized" (b acts on u / a, so RANGE and MODULATOR are independent); ugs_d2.bins
+        node.GRID_FORM = "coupled"
         cfg.MODEL.UGS[stage] = node
     cfg.MODEL.UGS.UM_WEIGHT = 0.0  # weight of the entropy (UM) loss, Eq. 12 (paper best: 0.5)
     cfg.MODEL.UGS.UR_WEIGHT = 0.0  # gamma of the refinement (UR) loss, Eq. 14; 0 disables UR
-    cfg.MODEL.UGS.UR_RHO = 0.5  # rho of Eq. 15: norm of each image's feature perturbation
+    cfg.MODEL.UGS.UR_RHO = 0.5  # rho of Eq. 15 (its unit depends on UR_NORM)
     cfg.MODEL.UGS.UR_LEVELS = ["p2", "p3", "p4", "p5", "p6"]  # FPN levels that UR perturbs
+    # scope of Eq. 15's norm (ugs_d2.losses.adversarial_perturbation): "relative" = rho times
+    # ||P_l|| per image and level; "image" = rho absolute (inert against FPN feature norms);
+    # "location" = rho times each position's own feature norm
+    cfg.MODEL.UGS.UR_NORM = "relative"
+    cfg.MODEL.UGS.UR_LOSSES = "all"  # Eq. 14 recomputes "all" detection losses or only "loc"
+    cfg.MODEL.UGS.UR_IMPL = "lean"  # "lean" reuses pass 1's matching and ROIAlign; "plain" reruns
+    # control of Table 6: every detection loss times this (1 + gamma with UR off separates UR's
+    # perturbation from its re-weighting); 1 = off
+    cfg.MODEL.UGS.DET_LOSS_SCALE = 1.0
+    # dense heads (RetinaNet, FCOS): GFL-style balance of the bin terms. GFL weights its DFL
+    # 0.25 and averages it over the 4 sides; summed over 4 coordinates, a bin CE with K = 11
+    # starts at 9.6 per positive against a focal loss of ~1.1 and stalls the classifier.
+    cfg.MODEL.UGS.DENSE = CN()
+    cfg.MODEL.UGS.DENSE.LOC_WEIGHT = 0.25  # weight of the bin CE (and factor of UM)
+    cfg.MODEL.UGS.DENSE.COORD_REDUCTION = "mean"  # "mean" (GFL) or "sum" over the 4 coordinates
 
 
 def stage_mode(cfg: CN, stage: str) -> str:
@@ -61,15 +85,33 @@ def params_per_coordinate(cfg: CN, stage: str) -> int:
     return 2 if mode == "kl" else 1
 
 
-def stage_kwargs(cfg: CN, stage: str) -> dict:
-    """Constructor arguments shared by the UGS RPN and box predictor (``stage``: RPN | ROI):
-    the stage's mode, values per coordinate, IN grid (Eq. 9) and the UM weight."""
+def stage_grid(cfg: CN, stage: str) -> Tensor:
+    """The IN grid (Eq. 9) of a stage ("RPN" or "ROI") from its RANGE, MODULATOR,
+    NUM_INTERVALS and GRID_FORM."""
     node = cfg.MODEL.UGS[stage]
-    return dict(
-        mode=stage_mode(cfg, stage),
-        params_per_coord=params_per_coordinate(cfg, stage),
-        grid=in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS),
-        um_weight=cfg.MODEL.UGS.UM_WEIGHT,
+    return in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS, form=node.GRID_FORM)
+
+
+def build_localization(cfg: CN, stage: str, *, dense: bool = False, grid: Tensor = None, **keys) -> BinLocalization:
+    """The :class:`~.stage.BinLocalization` of a stage ("RPN" or "ROI").
+
+    Args:
+        dense: a dense head (RetinaNet, FCOS): loss weight and coordinate reduction from
+            ``MODEL.UGS.DENSE``; otherwise detectron2's R-CNN convention (sum, weight 1).
+        grid: overrides the stage's grid (FCOS's one-sided grid, a Cascade stage's scaled one).
+        keys: ``um_key`` / ``entropy_key`` of the loss dict.
+    """
+    mode = stage_mode(cfg, stage)
+    if mode == "bins" and grid is None:
+        grid = stage_grid(cfg, stage)
+    balance = {}
+    if dense:
+        balance = dict(
+            loc_weight=cfg.MODEL.UGS.DENSE.LOC_WEIGHT,
+            coord_reduction=cfg.MODEL.UGS.DENSE.COORD_REDUCTION,
+        )
+    return BinLocalization(
+        mode, grid if mode == "bins" else None, um_weight=cfg.MODEL.UGS.UM_WEIGHT, **balance, **keys
     )
 
 
@@ -90,6 +132,23 @@ def validate_ugs_config(cfg: CN) -> None:
         _check(
             node.REG_LOSS in REG_LOSSES,
             f"{key}.REG_LOSS must be one of {', '.join(REG_LOSSES)}, got {node.REG_LOSS!r}",
+        )
+        _check(
+            node.GRID_FORM in GRID_FORMS,
+            f"{key}.GRID_FORM must be one of {', '.join(GRID_FORMS)}, got {node.GRID_FORM!r}",
+        )
+    for name, allowed in (
+        ("UR_NORM", UR_NORMS),
+        ("UR_LOSSES", UR_LOSSES),
+        ("UR_IMPL", UR_IMPLS),
+        ("DENSE.COORD_REDUCTION", REDUCTIONS),
+    ):
+        value = ugs.DENSE.COORD_REDUCTION if name.startswith("DENSE") else ugs[name]
+        _check(value in allowed, f"MODEL.UGS.{name} must be one of {', '.join(allowed)}, got {value!r}")
+    for name in ("DET_LOSS_SCALE", "DENSE.LOC_WEIGHT"):
+        value = ugs.DENSE.LOC_WEIGHT if name.startswith("DENSE") else ugs[name]
+        _check(
+            math.isfinite(value) and value > 0, f"MODEL.UGS.{name} must be a number > 0, got {value!r}"
         )
     for name in ("UM_WEIGHT", "UR_WEIGHT", "UR_RHO"):
         value = ugs[name]
@@ -141,11 +200,14 @@ def apply_ugs_architecture(cfg: CN) -> CN:
     """
     validate_ugs_config(cfg)
     ugs = cfg.MODEL.UGS
-    rpn_custom = stage_mode(cfg, "RPN") != "native"
-    roi_custom = stage_mode(cfg, "ROI") != "native"
-    if not rpn_custom:
+    # with UR on, both UGS classes are used even for a native stage: they keep the first pass's
+    # anchor labels and pooled features for the lean UR pass (MODEL.UGS.UR_IMPL)
+    ur = ugs.UR_WEIGHT > 0
+    rpn_custom = stage_mode(cfg, "RPN") != "native" or ur
+    roi_custom = stage_mode(cfg, "ROI") != "native" or ur
+    if stage_mode(cfg, "RPN") == "native":
         cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = ugs.RPN.REG_LOSS
-    if not roi_custom:
+    if stage_mode(cfg, "ROI") == "native":
         cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = ugs.ROI.REG_LOSS
     cfg.MODEL.RPN.HEAD_NAME = _pick(cfg.MODEL.RPN.HEAD_NAME, _RPN_HEAD, rpn_custom)
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = _pick(
@@ -153,7 +215,7 @@ def apply_ugs_architecture(cfg: CN) -> CN:
     )
     cfg.MODEL.ROI_HEADS.NAME = _pick(cfg.MODEL.ROI_HEADS.NAME, _ROI_HEADS, roi_custom)
     cfg.MODEL.META_ARCHITECTURE = _pick(
-        cfg.MODEL.META_ARCHITECTURE, _META_ARCH, rpn_custom or roi_custom or ugs.UR_WEIGHT > 0
+        cfg.MODEL.META_ARCHITECTURE, _META_ARCH, rpn_custom or roi_custom or ugs.DET_LOSS_SCALE != 1
     )
     return cfg
 

@@ -8,6 +8,7 @@ deltas ``(R, C*4)`` decoded from them. With neither option the classes are detec
 
 Shapes: R proposals in the batch, F foreground proposals, K = n + 1.
 """
+from contextlib import contextmanager
 from typing import Dict, List, Tuple
 
 import torch
@@ -22,14 +23,13 @@ from detectron2.modeling.roi_heads import (
 )
 from detectron2.structures import Instances
 
-from ..bins import expectation
-from ..losses import bin_cross_entropy, entropy, kl_loss
-from .config import stage_kwargs, validate_ugs_config
+from .config import build_localization, validate_ugs_config
+from .stage import ENTROPY_PREFIX, BinLocalization
 
 __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
 
-#: loss-dict key of the unweighted (normalised) entropy, emitted only for UGSRCNN's UR (never a loss)
-ENTROPY_KEY = "ugs_entropy_roi"
+#: loss-dict key of the unweighted (normalised) entropy, emitted only for UR (never a loss)
+ENTROPY_KEY = ENTROPY_PREFIX + "_roi"
 
 
 class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -41,42 +41,25 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
       GT deltas (MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) for their GT class, summed and divided by
       the number of sampled proposals, like detectron2's ``box_reg_loss``; ``loss_um_roi`` =
       UM_WEIGHT * entropy (Eq. 12) of those coordinates, normalised the same way (only when
-      UM_WEIGHT > 0);
-      boxes decode the expected deltas.
+      UM_WEIGHT > 0); boxes decode the expected deltas.
     * kl: ``loss_box_reg`` = KL loss of He et al., same normalisation; boxes decode the means
       (no variance voting).
     """
 
     @configurable
-    def __init__(
-        self,
-        input_shape,
-        *,
-        mode: str = "native",
-        params_per_coord: int = 1,
-        grid: Tensor = None,
-        um_weight: float = 0.0,
-        **kwargs,
-    ):
+    def __init__(self, input_shape, *, localization: BinLocalization, **kwargs):
         """
         Args:
-            mode: "bins", "kl" or "native".
-            params_per_coord: P, values predicted per box coordinate.
-            grid: Tensor[K], the IN grid (Eq. 9), required for "bins".
-            um_weight: weight of ``loss_um_roi``.
+            localization: the stage's grid, decode and losses (``MODEL.UGS.ROI``).
             input_shape, kwargs: detectron2's ``FastRCNNOutputLayers`` arguments.
         """
         super().__init__(input_shape, **kwargs)
-        self.mode = mode
-        self.params_per_coord = params_per_coord
-        self.um_weight = um_weight
-        # set by UGSRCNN when UR needs the entropy even though UM_WEIGHT is 0
-        self.return_entropy = False
-        self.register_buffer("grid", grid if grid is not None else torch.zeros(0), persistent=False)
+        self.localization = localization
         self.num_bbox_reg_classes = self.bbox_pred.out_features // 4  # C, before widening below
-        if params_per_coord != 1:
+        P = localization.params_per_coord
+        if P != 1:
             old = self.bbox_pred
-            self.bbox_pred = nn.Linear(old.in_features, old.out_features * params_per_coord)
+            self.bbox_pred = nn.Linear(old.in_features, old.out_features * P)
             nn.init.normal_(self.bbox_pred.weight, std=0.001)  # detectron2's init
             nn.init.constant_(self.bbox_pred.bias, 0)
 
@@ -84,8 +67,18 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         validate_ugs_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        ret.update(stage_kwargs(cfg, "ROI"))
+        ret["localization"] = build_localization(
+            cfg, "ROI", um_key="loss_um_roi", entropy_key=ENTROPY_KEY
+        )
         return ret
+
+    @property
+    def mode(self) -> str:
+        return self.localization.mode
+
+    @property
+    def params_per_coord(self) -> int:
+        return self.localization.params_per_coord
 
     def _box_params(self, box_params: Tensor) -> Tensor:
         """(R, C*4*P) -> (R, C, 4, P)."""
@@ -93,9 +86,7 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
         """(R, C*4*P) head outputs -> (R, C*4) deltas: bin expectation, or the KL mean."""
-        params = self._box_params(box_params)
-        point = expectation(params, self.grid) if self.mode == "bins" else params[..., 0]
-        return point.flatten(1)
+        return self.localization.point(self._box_params(box_params)).flatten(1)
 
     def _fg_box_params(self, box_params: Tensor, gt_classes: Tensor) -> Tuple[Tensor, Tensor]:
         """Indices (F,) of foreground proposals and their GT class's parameters (F, 4, P)."""
@@ -115,17 +106,13 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
             return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         fg_inds, params = self._fg_box_params(pred_deltas, gt_classes)
         targets = self.box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
-        if self.mode == "bins":
-            loss = bin_cross_entropy(params, targets, self.grid).sum()
-        else:
-            loss = kl_loss(params[..., 0], params[..., 1], targets).sum()
         # detectron2's normalisation: every sampled proposal counts, fg or not
-        return loss / max(gt_classes.numel(), 1.0)
+        return self.localization.loc_loss(params, targets, max(gt_classes.numel(), 1.0))
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, Tensor]:
         """detectron2's losses (``loss_box_reg`` from :meth:`box_reg_loss`) plus the UM loss."""
         losses = super().losses(predictions, proposals)
-        if self.mode == "bins" and (self.um_weight > 0 or self.return_entropy):
+        if self.mode == "bins":
             box_params = predictions[1]
             gt_classes = (
                 torch.cat([p.gt_classes for p in proposals])
@@ -133,22 +120,10 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
                 else torch.empty(0, dtype=torch.long, device=box_params.device)
             )
             _, fg_logits = self._fg_box_params(box_params, gt_classes)  # (F, 4, K)
-            losses.update(self.uncertainty_losses(fg_logits, max(gt_classes.numel(), 1.0)))
+            losses.update(
+                self.localization.uncertainty_losses(fg_logits, max(gt_classes.numel(), 1.0))
+            )
         return losses
-
-    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
-        """UM loss (Eq. 12) on the foreground proposals' bin logits (F, 4, K).
-
-        Normalised exactly like ``loss_box_reg`` (sum over foreground coordinates / sampled
-        proposals), so UM_WEIGHT weighs the entropy against the localization loss itself.
-        """
-        total_entropy = entropy(fg_logits).sum() / normalizer
-        out = {}
-        if self.um_weight > 0:
-            out["loss_um_roi"] = self.um_weight * total_entropy
-        if self.return_entropy:
-            out[ENTROPY_KEY] = total_entropy
-        return out
 
     def _point_predictions(self, predictions):
         scores, box_params = predictions[:2]
@@ -168,10 +143,53 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class UGSROIHeads(StandardROIHeads):
-    """StandardROIHeads whose box predictor is :class:`UGSFastRCNNOutputLayers`."""
+    """StandardROIHeads whose box predictor is :class:`UGSFastRCNNOutputLayers`.
+
+    For the lean UR pass (:meth:`refinement_losses`) it uses that ROIAlign is linear in the
+    features: ``ROIAlign(P + eps) = ROIAlign(P) + ROIAlign(eps)`` for the same boxes (the level
+    assignment depends on the boxes only). The first pass's pooled features are kept
+    (:meth:`keeping_pooled_features`), and the UR pass pools only the detached ``eps``: no
+    second ROIAlign backward, the same values to float rounding.
+    """
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictor"] = UGSFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
+
+    @contextmanager
+    def keeping_pooled_features(self):
+        """Inside, the box pooler's output is kept (yields the dict it lands in: "pooled")."""
+        kept: Dict[str, Tensor] = {}
+        handle = self.box_pooler.register_forward_hook(lambda m, i, out: kept.__setitem__("pooled", out))
+        try:
+            yield kept
+        finally:
+            handle.remove()
+
+    def refinement_losses(
+        self,
+        features: Dict[str, Tensor],
+        eps: Dict[str, Tensor],
+        sampled_proposals: List[Instances],
+        pooled: Tensor = None,
+    ) -> Dict[str, Tensor]:
+        """The box head's losses on ``features + eps`` for the first pass's sampled proposals.
+
+        Args:
+            features: the unperturbed levels (the first pass's).
+            eps: the perturbation of each perturbed level (detached).
+            sampled_proposals: the proposals the first pass sampled (with their GT).
+            pooled: the first pass's pooled features; None: pool ``features + eps`` directly.
+        """
+        if pooled is None:
+            perturbed = {k: v + eps[k] if k in eps else v for k, v in features.items()}
+            return self._forward_box(perturbed, sampled_proposals)
+        # eps of the levels without perturbation is 0: ROIAlign(0) = 0 adds nothing
+        eps_levels = {k: eps[k] if k in eps else torch.zeros_like(features[k]) for k in self.box_in_features}
+        handle = self.box_pooler.register_forward_hook(lambda m, i, out: pooled + out)
+        try:
+            return self._forward_box(eps_levels, sampled_proposals)
+        finally:
+            handle.remove()

@@ -9,7 +9,8 @@ that into ``(N, Hi*Wi*A, P, 4)``. With neither option (``P = 1``) both classes a
 
 Shapes: N images, L levels, A cell anchors, R = sum_i Hi*Wi*A anchors per image, K = n + 1.
 """
-from typing import Dict, List
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,14 +22,13 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes
 
-from ..bins import expectation
-from ..losses import bin_cross_entropy, entropy, kl_loss
-from .config import params_per_coordinate, stage_kwargs, validate_ugs_config
+from .config import build_localization, params_per_coordinate, validate_ugs_config
+from .stage import ENTROPY_PREFIX, BinLocalization
 
 __all__ = ["UGSRPNHead", "UGSRPN", "unflatten_box_params"]
 
-#: loss-dict key of the unweighted (normalised) entropy, emitted only for UGSRCNN's UR (never a loss)
-ENTROPY_KEY = "ugs_entropy_rpn"
+#: loss-dict key of the unweighted (normalised) entropy, emitted only for UR (never a loss)
+ENTROPY_KEY = ENTROPY_PREFIX + "_rpn"
 
 
 def unflatten_box_params(x: Tensor, params: int) -> Tensor:
@@ -77,47 +77,71 @@ class UGSRPN(RPN):
       normalised the same way (only when UM_WEIGHT > 0); proposals decode the expected deltas.
     * kl: ``loss_rpn_loc`` = KL loss of He et al. with the same normalisation; proposals decode
       the means.
-    * native: detectron2's RPN, unchanged.
+    * native: detectron2's RPN (used under UR so that the UR pass can reuse the labels).
+
+    For UR, :meth:`refinement_losses` recomputes the losses on perturbed features with the
+    anchor labels of the step's first pass: no second matching, sampling, top-k or NMS.
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        mode: str = "native",
-        params_per_coord: int = 1,
-        grid: Tensor = None,
-        um_weight: float = 0.0,
-        **kwargs,
-    ):
+    def __init__(self, *, localization: BinLocalization, **kwargs):
         """
         Args:
-            mode: "bins", "kl" or "native" (see the class docstring).
-            params_per_coord: P, values per coordinate the head predicts (must match the head).
-            grid: Tensor[K], the IN grid (Eq. 9), required for "bins".
-            um_weight: weight of ``loss_um_rpn``.
+            localization: the stage's grid, decode and losses (``MODEL.UGS.RPN``).
             kwargs: detectron2's ``RPN`` arguments.
         """
         super().__init__(**kwargs)
-        self.mode = mode
-        self.params_per_coord = params_per_coord
-        self.um_weight = um_weight
-        # set by UGSRCNN when UR needs the entropy even though UM_WEIGHT is 0
-        self.return_entropy = False
-        self.register_buffer("grid", grid if grid is not None else torch.zeros(0), persistent=False)
+        self.localization = localization
+        self._first_pass_labels: Optional[Tuple[List[Tensor], List[Tensor]]] = None
+        self._reuse_labels = False
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         validate_ugs_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        ret.update(stage_kwargs(cfg, "RPN"))
+        ret["localization"] = build_localization(
+            cfg, "RPN", um_key="loss_um_rpn", entropy_key=ENTROPY_KEY
+        )
         return ret
+
+    @property
+    def mode(self) -> str:
+        return self.localization.mode
+
+    @property
+    def params_per_coord(self) -> int:
+        return self.localization.params_per_coord
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
         """(..., P, 4) head outputs -> (..., 4) deltas: bin expectation, or the KL mean."""
-        if self.mode == "bins":
-            return expectation(box_params.transpose(-1, -2), self.grid)
-        return box_params[..., 0, :]
+        return self.localization.point(box_params.transpose(-1, -2))
+
+    @torch.no_grad()
+    def label_and_sample_anchors(self, anchors, gt_instances):
+        """detectron2's matching and sampling; kept for the UR pass, or reused by it."""
+        if self._reuse_labels:
+            return self._first_pass_labels
+        labels = super().label_and_sample_anchors(anchors, gt_instances)
+        self._first_pass_labels = labels if self.training else None
+        return labels
+
+    @contextmanager
+    def reusing_first_pass(self):
+        """Inside: a training forward takes the first pass's anchor labels and returns no
+        proposals (the UR pass reads only the sampled anchors' losses)."""
+        if self._first_pass_labels is None:
+            raise RuntimeError("the UR pass needs a training forward of the RPN first")
+        self._reuse_labels = True
+        try:
+            yield
+        finally:
+            self._reuse_labels = False
+            self._first_pass_labels = None
+
+    def refinement_losses(self, images, features: Dict[str, Tensor], gt_instances) -> Dict[str, Tensor]:
+        """The RPN's losses on (perturbed) ``features``, with the first pass's anchor labels."""
+        with self.reusing_first_pass():
+            return self(images, features, gt_instances)[1]
 
     def losses(
         self,
@@ -149,32 +173,12 @@ class UGSRPN(RPN):
         gt_deltas = torch.stack(
             [self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes]
         )  # (N, R, 4), detectron2's encoding with MODEL.RPN.BBOX_REG_WEIGHTS
-        fg_params, fg_targets = params[fg_mask], gt_deltas[fg_mask]  # (F, P, 4), (F, 4)
+        fg_params = params[fg_mask].transpose(1, 2)  # (F, 4, P)
         normalizer = self.batch_size_per_image * len(gt_labels)  # as detectron2's loss_rpn_loc
-        if self.mode == "bins":
-            logits = fg_params.transpose(1, 2)  # (F, 4, K)
-            loc = bin_cross_entropy(logits, fg_targets, self.grid).sum()
-        else:
-            loc = kl_loss(fg_params[:, 0], fg_params[:, 1], fg_targets).sum()
-        losses["loss_rpn_loc"] = loc / normalizer * self.loss_weight.get("loss_rpn_loc", 1.0)
-        if self.mode == "bins":
-            losses.update(self.uncertainty_losses(logits, normalizer))
+        extra = self.localization.losses(fg_params, gt_deltas[fg_mask], normalizer)
+        losses["loss_rpn_loc"] = extra.pop("loc") * self.loss_weight.get("loss_rpn_loc", 1.0)
+        losses.update(extra)
         return losses
-
-    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
-        """UM loss (Eq. 12) on the foreground anchors' bin logits (F, 4, K).
-
-        Normalised exactly like ``loss_rpn_loc`` (sum over foreground coordinates / sampled
-        anchors), so UM_WEIGHT weighs the entropy against the localization loss itself; a
-        per-coordinate mean would make UM ~10x stronger and stall localization.
-        """
-        total_entropy = entropy(fg_logits).sum() / normalizer
-        out = {}
-        if self.um_weight > 0:
-            out["loss_um_rpn"] = self.um_weight * total_entropy
-        if self.return_entropy:
-            out[ENTROPY_KEY] = total_entropy
-        return out
 
     def predict_proposals(
         self,
@@ -188,8 +192,11 @@ class UGSRPN(RPN):
         ``find_top_rpn_proposals`` keeps the ``pre_nms_topk`` anchors of each level by
         objectness before NMS. Decoding a bin distribution (a softmax over K bins) is costlier
         than applying a delta, so those anchors are picked first and only they are decoded; the
-        selection and the result are the same as decoding every anchor.
+        selection and the result are the same as decoding every anchor. The UR pass
+        (:meth:`reusing_first_pass`) needs no proposals and gets ``None``.
         """
+        if self._reuse_labels:
+            return None
         if self.mode == "native":
             return super().predict_proposals(
                 anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes

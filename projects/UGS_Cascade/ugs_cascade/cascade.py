@@ -7,32 +7,38 @@ so its encoded targets span a different interval. Stage ``s`` therefore uses the
 
     grid_s = c_s * in_grid(RANGE, MODULATOR, NUM_INTERVALS)
 
-(the same shape, ``b * a`` unchanged, in the stage's units). By default ``c_s`` is
-:func:`stage_range_scales`: the largest encoded delta a proposal that passes the stage's IoU
-threshold can need, relative to the first stage's (1, 1.47, 1.54 for the defaults). The box
-predictor of every stage is the core :class:`~ugs_d2.modeling.roi_heads.UGSFastRCNNOutputLayers`
-(bin cross-entropy, expectation decoding, UM), built with the stage's transform and grid.
+(the same shape, in the stage's units). By default ``c_s`` is :func:`stage_range_scales`: the
+largest encoded delta a proposal that passes the stage's IoU threshold can need, relative to
+the first stage's (1, 1.47, 1.54 for the defaults). The box predictor of every stage is the core
+:class:`~ugs_d2.modeling.roi_heads.UGSFastRCNNOutputLayers` (bin cross-entropy, expectation
+decoding, UM), built with the stage's transform and grid.
+
+Stage ``s``'s losses are weighted by ``MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS`` (default
+1 / 0.5 / 0.25, MMDetection's ``stage_loss_weights``, for the baseline and UGS alike): with
+1 / 1 / 1 three stages of bin CE + UM outweigh the RPN and the classifier.
 UR (:class:`UGSCascadeRCNN`) recomputes the RPN's and all stages' losses on perturbed features.
 """
 import math
+import re
 from typing import List, Sequence
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
-from detectron2.utils.events import EventStorage, get_event_storage
 
-from ugs_d2.bins import in_grid
 from ugs_d2.modeling import UGSRCNN
-from ugs_d2.modeling.meta_arch import ENTROPY_KEYS
+from ugs_d2.modeling.config import build_localization, stage_grid, stage_mode
 from ugs_d2.modeling.roi_heads import ENTROPY_KEY as ROI_ENTROPY_KEY
 from ugs_d2.modeling.roi_heads import UGSFastRCNNOutputLayers
+from ugs_d2.modeling.stage import ENTROPY_PREFIX
 
 __all__ = [
     "max_encoded_delta",
     "stage_range_scales",
     "cascade_range_scales",
+    "cascade_stage_weights",
+    "weight_stage_losses",
     "UGSCascadeROIHeads",
     "UGSCascadeRCNN",
 ]
@@ -80,63 +86,80 @@ def cascade_range_scales(cfg) -> List[float]:
     return scales
 
 
+def cascade_stage_weights(cfg) -> List[float]:
+    """MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS, one weight > 0 per stage."""
+    head = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+    weights = list(head.UGS_STAGE_WEIGHTS)
+    if len(weights) != len(head.IOUS) or min(weights) <= 0:
+        raise ValueError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS must be {len(head.IOUS)} numbers > 0, "
+            f"got {weights}"
+        )
+    return weights
+
+
+_STAGE_KEY = re.compile(r"_stage(\d+)$")
+
+
+def weight_stage_losses(losses: dict, weights: Sequence[float]) -> dict:
+    """Multiply each ``<loss>_stage<k>`` by ``weights[k]``, in place (UR's entropy side outputs
+    stay unweighted); returns ``losses``."""
+    for key in list(losses):
+        match = _STAGE_KEY.search(key)
+        if match and not key.startswith(ENTROPY_PREFIX):
+            losses[key] = losses[key] * weights[int(match.group(1))]
+    return losses
+
+
 @ROI_HEADS_REGISTRY.register()
 class UGSCascadeROIHeads(CascadeROIHeads):
-    """CascadeROIHeads whose stage predictors are :class:`UGSFastRCNNOutputLayers`.
+    """CascadeROIHeads whose stage predictors are :class:`UGSFastRCNNOutputLayers`, with the
+    stage loss weights of MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS (also for the baseline).
 
-    In training, the per-stage UR entropies (``ugs_entropy_roi_stage<k>``) are summed into the
-    core's ``ugs_entropy_roi`` key, which :class:`UGSCascadeRCNN` (via ``UGSRCNN``) consumes.
+    In training, each stage emits its UR entropy as ``ugs_entropy_roi_stage<k>``; UR sums them
+    with the RPN's (``ugs_d2.modeling.refinement.pop_uncertainty``).
     """
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        node = cfg.MODEL.UGS.ROI
         weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+        bins = stage_mode(cfg, "ROI") == "bins"
         predictors = []
         for head, stage_weights, scale in zip(ret["box_heads"], weights, cascade_range_scales(cfg)):
             kwargs = UGSFastRCNNOutputLayers.from_config(cfg, head.output_shape)
             kwargs["box2box_transform"] = Box2BoxTransform(weights=stage_weights)
-            if kwargs["mode"] == "bins":
-                kwargs["grid"] = scale * in_grid(node.RANGE, node.MODULATOR, node.NUM_INTERVALS)
+            kwargs["localization"] = build_localization(
+                cfg,
+                "ROI",
+                grid=scale * stage_grid(cfg, "ROI") if bins else None,
+                um_key="loss_um_roi",
+                entropy_key=ROI_ENTROPY_KEY,
+            )
             predictors.append(UGSFastRCNNOutputLayers(**kwargs))
         ret["box_predictors"] = predictors
+        ret["stage_loss_weights"] = cascade_stage_weights(cfg)
         return ret
+
+    @configurable
+    def __init__(self, *, stage_loss_weights: Sequence[float] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.stage_loss_weights = list(stage_loss_weights) or [1.0] * self.num_cascade_stages
 
     def _forward_box(self, features, proposals, targets=None):
         out = super()._forward_box(features, proposals, targets)
         if not self.training:
             return out
-        stage_entropies = [k for k in out if k.startswith(ROI_ENTROPY_KEY + "_stage")]
-        if stage_entropies:
-            out[ROI_ENTROPY_KEY] = sum(out.pop(k) for k in stage_entropies)
-        return out
+        return weight_stage_losses(out, self.stage_loss_weights)
 
 
 @META_ARCH_REGISTRY.register()
 class UGSCascadeRCNN(UGSRCNN):
-    """UGSRCNN (UR, Eqs. 14-15) for a cascade: every stage returns its entropy when UR is on,
-    and the refinement pass gives the stages the ground truth they re-match against."""
+    """UGSRCNN (UR, Eqs. 14-15) for a cascade: the refinement pass gives the stages the ground
+    truth they re-match against."""
 
-    @configurable
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        for predictor in getattr(self.roi_heads, "box_predictor", []):
-            if hasattr(predictor, "return_entropy"):
-                predictor.return_entropy = self.ur_weight > 0
-
-    def refinement_losses(self, images, features, gt_instances, sampled_proposals):
-        """The RPN's and every stage's detection losses on (perturbed) ``features``.
-
-        Stage 1 reuses the first pass's sampled proposals; stages 2.. match the boxes the
-        previous stage predicts on ``features`` against ``gt_instances``, as in training.
-        Statistics go to a private EventStorage; UM terms and entropies are left out.
-        """
-        with EventStorage(get_event_storage().iter):
-            losses = {}
-            if self.proposal_generator is not None:
-                losses.update(self.proposal_generator(images, features, gt_instances)[1])
-            losses.update(self.roi_heads._forward_box(features, sampled_proposals, gt_instances))
-        return {
-            k: v for k, v in losses.items() if not k.startswith("loss_um") and k not in ENTROPY_KEYS
-        }
+    def roi_refinement_losses(self, features, perturbed, eps, gt_instances, sampled, pooled):
+        """Every stage's losses on ``perturbed``: stage 1 reuses the first pass's sampled
+        proposals; stages 2.. match the boxes the previous stage predicts on ``perturbed``
+        against ``gt_instances``, as in training (so ROIAlign's linearity does not apply)."""
+        return self.roi_heads._forward_box(perturbed, sampled, gt_instances)

@@ -1,7 +1,7 @@
 """UGS for FCOS: IN-bin classification of the (l, t, r, b) distances on a one-sided grid, UM, UR.
 
-Builds on ``projects/UGS_RetinaNet`` (its dense-head UGS mixin), as detectron2's FCOS head
-builds on RetinaNet's. Importing this package registers ``UGSFCOS`` (META_ARCH_REGISTRY). Use::
+Builds on the core dense-head UGS mixin (``ugs_d2.modeling.dense``), shared with UGS RetinaNet.
+Importing this package registers ``UGSFCOS`` (META_ARCH_REGISTRY). Use::
 
     cfg = get_cfg()
     add_ugs_fcos_config(cfg)             # MODEL.FCOS.* and the core MODEL.UGS
@@ -11,18 +11,9 @@ builds on RetinaNet's. Importing this package registers ``UGSFCOS`` (META_ARCH_R
 
 or through ``ugs-train model=fcos_r18_fpn ugs=full``.
 """
-import os
-import sys
-
-try:
-    import ugs_retinanet  # noqa: F401  (installed, or already on sys.path)
-except ImportError:  # run from the repository: the sibling project projects/UGS_RetinaNet
-    _PROJECTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.path.insert(0, os.path.join(_PROJECTS, "UGS_RetinaNet"))
-
-from .config import add_ugs_fcos_config, apply_fcos_architecture, from_hydra  # noqa: E402
-from .fcos import UGSFCOS, UGSFCOSHead, fcos_grid  # noqa: E402
-from .grid import one_sided_in_grid  # noqa: E402
+from .config import add_ugs_fcos_config, apply_fcos_architecture, from_hydra
+from .fcos import UGSFCOS, UGSFCOSHead, fcos_grid
+from .grid import one_sided_in_grid
 
 __all__ = [
     "add_ugs_fcos_config",

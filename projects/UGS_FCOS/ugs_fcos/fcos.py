@@ -9,12 +9,14 @@ detectron2's FCOS computation built from a yacs config, and with bins:
   on the one-sided grid (:func:`~.grid.one_sided_in_grid`), divided by detectron2's normaliser;
 * ``loss_fcos_cls``, ``loss_fcos_ctr``: detectron2's (the centerness target comes from the GT);
 * ``loss_um`` (Eq. 12) and ``loss_ur`` (Eqs. 14-15, on the levels of MODEL.UGS.UR_LEVELS the
-  head reads): as in UGS RetinaNet, whose mixin this reuses.
+  head reads): the core dense-head mechanics (:class:`ugs_d2.modeling.dense.DenseUGSMixin`),
+  with GFL's balance (MODEL.UGS.DENSE: mean over the 4 sides, weight 0.25).
 
-The head's box conv predicts ``4*K`` channels per location laid out ``(4, K)``. Inference
-decodes the expected distances (always in ``[0, scale * a]``, so detectron2's ReLU is a no-op).
+The head's box conv predicts ``4*K`` channels per location laid out ``(4, K)``. Inference is
+detectron2's; only the top-k locations' expected distances are decoded (always in
+``[0, scale * a]``, so detectron2's ReLU is a no-op).
 """
-from typing import List, Sequence, Tuple
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -24,8 +26,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes
 
-from ugs_d2.modeling.config import stage_mode, validate_ugs_config
-from ugs_retinanet import DenseUGSMixin, head_norm, widen_box_conv
+from ugs_d2.modeling.config import build_localization, stage_mode, validate_ugs_config
+from ugs_d2.modeling.dense import DenseUGSMixin, head_norm, widen_box_conv
+from ugs_d2.modeling.refinement import RefinementSettings, scale_detection_losses
+from ugs_d2.modeling.stage import BinLocalization
 
 from .grid import one_sided_in_grid
 
@@ -33,11 +37,15 @@ __all__ = ["UGSFCOSHead", "UGSFCOS", "fcos_grid"]
 
 
 def fcos_grid(cfg) -> Tensor:
-    """The FCOS grid from MODEL.UGS.RPN.{RANGE, MODULATOR, NUM_INTERVALS} and
+    """The FCOS grid from MODEL.UGS.RPN.{RANGE, MODULATOR, NUM_INTERVALS, GRID_FORM} and
     MODEL.FCOS.UGS_RANGE_SCALE: Tensor[n + 1] over ``[0, scale * RANGE]``."""
     node = cfg.MODEL.UGS.RPN
     return one_sided_in_grid(
-        node.RANGE, node.MODULATOR, node.NUM_INTERVALS, cfg.MODEL.FCOS.UGS_RANGE_SCALE
+        node.RANGE,
+        node.MODULATOR,
+        node.NUM_INTERVALS,
+        cfg.MODEL.FCOS.UGS_RANGE_SCALE,
+        form=node.GRID_FORM,
     )
 
 
@@ -63,28 +71,20 @@ class UGSFCOS(DenseUGSMixin, FCOS):
     def __init__(
         self,
         *,
-        mode: str = "native",
-        params_per_coord: int = 1,
-        grid: Tensor = None,
-        um_weight: float = 0.0,
-        ur_weight: float = 0.0,
-        ur_rho: float = 0.5,
-        ur_levels: Sequence[str] = (),
+        localization: BinLocalization,
+        refinement: RefinementSettings = None,
+        det_loss_scale: float = 1.0,
         **kwargs,
     ):
         """
         Args:
-            mode: "bins" or "native" (detectron2's FCOS: GIoU loss).
-            params_per_coord: P, values per coordinate the head predicts.
-            grid: Tensor[K], the one-sided grid, required for "bins".
-            um_weight, ur_weight, ur_rho, ur_levels: MODEL.UGS.* (levels the head does not read
-                are ignored).
+            localization: the stage on the one-sided grid ("native": detectron2's GIoU).
+            refinement: UR's settings (levels the head does not read are ignored).
+            det_loss_scale: MODEL.UGS.DET_LOSS_SCALE.
             kwargs: detectron2's ``FCOS`` arguments.
         """
         super().__init__(**kwargs)
-        self._init_ugs(mode, params_per_coord, grid, um_weight, ur_weight, ur_rho, ur_levels)
-        if ur_weight > 0 and mode != "bins":
-            raise ValueError("MODEL.UGS.UR_WEIGHT > 0 needs MODEL.UGS.RPN.ENABLED for FCOS")
+        self._init_ugs(localization, refinement or RefinementSettings(), det_loss_scale)
 
     @classmethod
     def from_config(cls, cfg):
@@ -92,19 +92,19 @@ class UGSFCOS(DenseUGSMixin, FCOS):
         mode = stage_mode(cfg, "RPN")
         if mode == "kl":
             raise ValueError("MODEL.UGS.RPN.REG_LOSS = kl is not implemented for FCOS")
-        bins = mode == "bins"
+        localization = build_localization(
+            cfg, "RPN", dense=True, grid=fcos_grid(cfg) if mode == "bins" else None
+        )
         f = cfg.MODEL.FCOS
         backbone = build_backbone(cfg)
         shapes = [backbone.output_shape()[name] for name in f.IN_FEATURES]
-        grid = fcos_grid(cfg) if bins else None
-        params = grid.numel() if bins else 1
         head = UGSFCOSHead(
             input_shape=shapes,
             conv_dims=[shapes[0].channels] * f.NUM_CONVS,
             num_classes=f.NUM_CLASSES,
             prior_prob=f.PRIOR_PROB,
             norm=head_norm(f.HEAD_NORM),
-            params_per_coord=params,
+            params_per_coord=localization.params_per_coord,
         )
         return {
             "backbone": backbone,
@@ -120,13 +120,9 @@ class UGSFCOS(DenseUGSMixin, FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "mode": "bins" if bins else "native",
-            "params_per_coord": params,
-            "grid": grid,
-            "um_weight": cfg.MODEL.UGS.UM_WEIGHT,
-            "ur_weight": cfg.MODEL.UGS.UR_WEIGHT,
-            "ur_rho": cfg.MODEL.UGS.UR_RHO,
-            "ur_levels": cfg.MODEL.UGS.UR_LEVELS,
+            "localization": localization,
+            "refinement": RefinementSettings.from_config(cfg),
+            "det_loss_scale": cfg.MODEL.UGS.DET_LOSS_SCALE,
         }
 
     @torch.no_grad()
@@ -157,22 +153,17 @@ class UGSFCOS(DenseUGSMixin, FCOS):
             boxes.append(box)
         return labels, boxes
 
-    def _split_predictions(self, predictions) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
-        """Head outputs -> logits L x (N, R_i, C), box parameters L x (N, R_i, 4, P),
-        centerness L x (N, R_i, 1)."""
-        logits, box, ctr = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4 * self.params_per_coord, 1]
-        )
-        return logits, self.box_params(box), ctr
-
     def forward_training(self, images, features, predictions, gt_instances):
         if not self.uses_ugs:
-            return super().forward_training(images, features, predictions, gt_instances)
+            losses = super().forward_training(images, features, predictions, gt_instances)
+            return scale_detection_losses(losses, self.det_loss_scale)
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
 
         def detection_losses(predictions_on_levels):
-            logits, params, ctr = self._split_predictions(predictions_on_levels)
+            logits, params, ctr = self._transpose_dense_predictions(
+                predictions_on_levels, [self.num_classes, 4, 1]
+            )
             return self.losses(anchors, logits, gt_labels, params, gt_boxes, ctr)
 
         return self.ugs_training_losses(features, predictions, detection_losses)
@@ -181,7 +172,7 @@ class UGSFCOS(DenseUGSMixin, FCOS):
         """detectron2's FCOS losses with ``loss_fcos_loc`` = bin cross-entropy (+ ``loss_um``).
 
         Args:
-            pred_anchor_deltas: with bins, L tensors (N, R_i, 4, K) of bin logits; otherwise
+            pred_anchor_deltas: with bins, L tensors (N, R_i, 4*K) of bin logits; otherwise
                 detectron2's (N, R_i, 4) distances.
             others: as detectron2's ``FCOS.losses``.
         """
@@ -191,7 +182,7 @@ class UGSFCOS(DenseUGSMixin, FCOS):
             )
         # the parent computes classification, centerness, the normaliser and the statistics; its
         # GIoU term, fed detached point estimates here, is replaced below
-        point = [self.point_deltas(p).detach() for p in pred_anchor_deltas]
+        point = self.point_deltas(pred_anchor_deltas)
         losses = super().losses(anchors, pred_logits, gt_labels, point, gt_boxes, pred_centerness)
         labels = torch.stack(gt_labels)
         fg_mask = (labels >= 0) & (labels != self.num_classes)
@@ -199,22 +190,3 @@ class UGSFCOS(DenseUGSMixin, FCOS):
         losses["loss_fcos_loc"] = extra.pop("loc")
         losses.update(extra)
         return losses
-
-    def forward_inference(self, images, features, predictions):
-        """detectron2's FCOS inference on the expected distances of the bin distributions."""
-        if not self.uses_ugs:
-            return super().forward_inference(images, features, predictions)
-        logits, params, ctr = self._split_predictions(predictions)
-        distances = [self.point_deltas(p) for p in params]  # L x (N, R_i, 4)
-        anchors = self.anchor_generator(features)
-        results = []
-        for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [
-                torch.sqrt(x[img_idx].sigmoid() * y[img_idx].sigmoid()) for x, y in zip(logits, ctr)
-            ]
-            results.append(
-                self.inference_single_image(
-                    anchors, scores, [x[img_idx] for x in distances], image_size
-                )
-            )
-        return results

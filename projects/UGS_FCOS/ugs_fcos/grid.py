@@ -11,7 +11,14 @@ from ugs_d2.bins import in_grid
 __all__ = ["one_sided_in_grid"]
 
 
-def one_sided_in_grid(value_range: float, modulator: float, num_intervals: int, scale: float = 1.0) -> Tensor:
+def one_sided_in_grid(
+    value_range: float,
+    modulator: float,
+    num_intervals: int,
+    scale: float = 1.0,
+    *,
+    form: str = "coupled",
+) -> Tensor:
     """Interval-non-uniform grid on ``[0, scale * a]`` with its dense end at zero.
 
     The non-negative half of Eq. 9's grid with ``2n`` intervals, times ``scale``::
@@ -28,10 +35,12 @@ def one_sided_in_grid(value_range: float, modulator: float, num_intervals: int, 
         modulator: ``b``; 0 = uniform.
         num_intervals: ``n >= 1``; the grid has ``n + 1`` points.
         scale: ``> 0``, multiplies every point (FCOS: MODEL.FCOS.UGS_RANGE_SCALE).
+        form: the reading of Eq. 9 (``ugs_d2.bins.in_grid``); for "normalized" the half-grid's
+            shape is set by ``b`` alone.
 
     Returns:
         Tensor[n + 1], increasing from 0.
     """
     if scale <= 0:
         raise ValueError(f"need scale > 0, got {scale}")
-    return scale * in_grid(value_range, modulator, 2 * num_intervals)[num_intervals:]
+    return scale * in_grid(value_range, modulator, 2 * num_intervals, form=form)[num_intervals:]

@@ -11,14 +11,7 @@ Importing this package registers ``UGSRetinaNet`` (META_ARCH_REGISTRY). Use with
 or through ``ugs-train model=retinanet_r18_fpn ugs=full`` (``from_hydra`` is its bridge hook).
 """
 from .config import add_ugs_retinanet_config, apply_retinanet_architecture, from_hydra
-from .retinanet import (
-    DenseUGSMixin,
-    UGSRetinaNet,
-    UGSRetinaNetHead,
-    head_norm,
-    perturb_levels,
-    widen_box_conv,
-)
+from .retinanet import UGSRetinaNet, UGSRetinaNetHead
 
 __all__ = [
     "add_ugs_retinanet_config",
@@ -26,8 +19,4 @@ __all__ = [
     "from_hydra",
     "UGSRetinaNet",
     "UGSRetinaNetHead",
-    "DenseUGSMixin",
-    "perturb_levels",
-    "widen_box_conv",
-    "head_norm",
 ]

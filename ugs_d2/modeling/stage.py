@@ -1,0 +1,207 @@
+"""The localization mechanics of one UGS stage, shared by every detector.
+
+:class:`BinLocalization` is what the RPN, the ROI box predictor (one per Cascade stage) and the
+dense heads (RetinaNet, FCOS) hold instead of writing the same pieces three times:
+
+* the IN grid (Eq. 9) as a *persistent* buffer, so it travels with the checkpoint and a
+  checkpoint trained with another grid is refused (:func:`check_grids`);
+* the decode of the head's parameters to one value per coordinate (bin expectation, or the KL
+  mean);
+* the localization loss of the foreground coordinates (bin cross-entropy, Eq. 10, or the KL
+  loss), reduced over the 4 coordinates by a sum (R-CNN, detectron2's convention) or a mean
+  (dense heads, GFL's convention), times a weight;
+* the UM loss (Eq. 12) with the same reduction and, for UR, the unweighted entropy as a side
+  output under a key starting with :data:`ENTROPY_PREFIX` (never a loss).
+
+:class:`BinDecodingTransform` lets detectron2's own decoding code (dense heads' top-k
+inference) take bin logits: it decodes only the rows it is asked to apply.
+
+Shapes: F foreground elements, K = n + 1 grid points, P values per coordinate (K for bins,
+2 for KL, 1 native).
+"""
+from typing import Dict, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..bins import expectation
+from ..losses import bin_cross_entropy, entropy, kl_loss
+
+__all__ = [
+    "BinLocalization",
+    "BinDecodingTransform",
+    "GridMismatchError",
+    "check_grids",
+    "ENTROPY_PREFIX",
+    "MODES",
+    "REDUCTIONS",
+]
+
+#: loss-dict keys starting with this are the unweighted entropies UR differentiates (not losses)
+ENTROPY_PREFIX = "ugs_entropy"
+#: how a stage localizes: IN bins, He et al.'s KL loss, or detectron2's own regression
+MODES = ("bins", "kl", "native")
+#: how the 4 coordinates' losses of one element are combined
+REDUCTIONS = ("sum", "mean")
+
+
+class GridMismatchError(ValueError):
+    """A checkpoint's IN grid differs from the model's (other range, modulator, intervals, form)."""
+
+
+class BinLocalization(nn.Module):
+    """One stage's localization: grid, decode, localization loss, UM loss, entropy side output.
+
+    Parameters are laid out ``(..., 4, P)`` (coordinates, then values per coordinate).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        grid: Tensor = None,
+        *,
+        um_weight: float = 0.0,
+        loc_weight: float = 1.0,
+        coord_reduction: str = "sum",
+        um_key: str = "loss_um",
+        entropy_key: str = ENTROPY_PREFIX,
+    ):
+        """
+        Args:
+            mode: one of :data:`MODES`.
+            grid: Tensor[K], the IN grid; required for "bins".
+            um_weight: lambda of Eq. 16, weight of the UM loss.
+            loc_weight: weight of the localization (and, as a factor, the UM) loss.
+            coord_reduction: "sum" or "mean" over the 4 coordinates of an element.
+            um_key: loss-dict key of the UM loss.
+            entropy_key: loss-dict key of the entropy side output (starts with ENTROPY_PREFIX).
+        """
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"localization mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if coord_reduction not in REDUCTIONS:
+            raise ValueError(f"coordinate reduction must be sum or mean, got {coord_reduction!r}")
+        if mode == "bins" and (grid is None or grid.numel() < 2):
+            raise ValueError("bins need a grid of at least 2 points")
+        if not entropy_key.startswith(ENTROPY_PREFIX):
+            raise ValueError(f"entropy key must start with {ENTROPY_PREFIX!r}, got {entropy_key!r}")
+        self.mode = mode
+        self.um_weight = um_weight
+        self.loc_weight = loc_weight
+        self.coord_reduction = coord_reduction
+        self.um_key = um_key
+        self.entropy_key = entropy_key
+        # set by the meta-architecture when UR needs the entropy even though um_weight is 0
+        self.return_entropy = False
+        # persistent: the grid is part of what a checkpoint was trained with (check_grids);
+        # None (no state-dict entry) without bins, so native stages keep detectron2's keys
+        self.register_buffer("grid", grid if mode == "bins" else None)
+
+    @property
+    def params_per_coord(self) -> int:
+        """P: K for bins, 2 for KL (mean, log-variance), 1 native."""
+        if self.mode == "bins":
+            return self.grid.numel()
+        return 2 if self.mode == "kl" else 1
+
+    def point(self, params: Tensor) -> Tensor:
+        """(..., 4, P) -> (..., 4): the bin expectation, the KL mean, or the value itself."""
+        if self.mode == "bins":
+            return expectation(params, self.grid)
+        return params[..., 0]
+
+    def _reduce(self, per_coord: Tensor) -> Tensor:
+        """(F, 4) -> scalar: sum over elements of the sum or mean over the coordinates."""
+        per_element = per_coord.sum(-1) if self.coord_reduction == "sum" else per_coord.mean(-1)
+        return per_element.sum()
+
+    def loc_loss(self, fg_params: Tensor, fg_targets: Tensor, normalizer: float) -> Tensor:
+        """Localization loss of the foreground elements, divided by ``normalizer``.
+
+        Args:
+            fg_params: Tensor[F, 4, P]; fg_targets: Tensor[F, 4] encoded targets.
+        """
+        if self.mode == "bins":
+            per_coord = bin_cross_entropy(fg_params, fg_targets, self.grid)
+        elif self.mode == "kl":
+            per_coord = kl_loss(fg_params[..., 0], fg_params[..., 1], fg_targets)
+        else:
+            raise RuntimeError("native localization is detectron2's own loss")
+        return self.loc_weight * self._reduce(per_coord) / normalizer
+
+    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
+        """UM loss (Eq. 12) and the entropy side output of the foreground bin logits (F, 4, K).
+
+        Normalised exactly like :meth:`loc_loss` (same reduction, weight and normaliser), so
+        ``um_weight`` weighs the entropy against the localization loss itself.
+        """
+        out: Dict[str, Tensor] = {}
+        if self.mode != "bins" or not (self.um_weight > 0 or self.return_entropy):
+            return out
+        total_entropy = self.loc_weight * self._reduce(entropy(fg_logits)) / normalizer
+        if self.um_weight > 0:
+            out[self.um_key] = self.um_weight * total_entropy
+        if self.return_entropy:
+            out[self.entropy_key] = total_entropy
+        return out
+
+    def losses(self, fg_params: Tensor, fg_targets: Tensor, normalizer: float) -> Dict[str, Tensor]:
+        """``{"loc": ...}`` plus :meth:`uncertainty_losses`."""
+        out = {"loc": self.loc_loss(fg_params, fg_targets, normalizer)}
+        out.update(self.uncertainty_losses(fg_params, normalizer))
+        return out
+
+    def extra_repr(self) -> str:
+        grid = [round(v, 4) for v in self.grid.tolist()] if self.grid is not None else None
+        return f"mode={self.mode}, grid={grid}, um_weight={self.um_weight}, loc_weight={self.loc_weight}"
+
+
+class BinDecodingTransform:
+    """A detectron2 box transform whose ``apply_deltas`` also takes bin parameters.
+
+    detectron2's dense detectors pick the top-k anchors first and then call
+    ``box2box_transform.apply_deltas(pred_deltas[top_k], anchors[top_k])``. Given the heads'
+    raw parameters ``(..., 4 * P)`` instead of deltas, this transform decodes exactly those
+    rows (:meth:`BinLocalization.point`) and hands the deltas to the wrapped transform, so the
+    bin expectation is computed after top-k, never for every anchor. ``(..., 4)`` deltas pass
+    through unchanged; every other attribute is the wrapped transform's.
+    """
+
+    def __init__(self, transform, localization: BinLocalization):
+        self.transform = transform
+        self.localization = localization
+
+    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        if deltas.shape[-1] != 4:
+            deltas = self.localization.point(deltas.view(*deltas.shape[:-1], 4, deltas.shape[-1] // 4))
+        return self.transform.apply_deltas(deltas, boxes)
+
+    def __getattr__(self, name):
+        return getattr(self.transform, name)
+
+
+def check_grids(model_state: Mapping[str, Tensor], checkpoint_state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse a checkpoint whose UGS grids differ from the model's.
+
+    Every ``*.grid`` buffer of the model that the checkpoint also holds must be equal in shape
+    and value (to 1e-6): a model decodes with the grid it was trained with, so evaluating a
+    checkpoint under another range, modulator, number of intervals or grid form would silently
+    give wrong boxes. Checkpoints without the key (written before grids were saved) pass.
+
+    Raises:
+        GridMismatchError: one line naming the first differing key and both grids.
+    """
+    for key, mine in model_state.items():
+        if not (key == "grid" or key.endswith(".grid")) or key not in checkpoint_state:
+            continue
+        theirs = checkpoint_state[key]
+        theirs = torch.as_tensor(theirs)
+        same = theirs.shape == mine.shape and torch.allclose(
+            theirs.double().cpu(), mine.double().cpu(), atol=1e-6, rtol=0
+        )
+        if not same:
+            fmt = lambda t: "[" + ", ".join(f"{v:.4g}" for v in t.flatten().tolist()) + "]"  # noqa: E731
+            raise GridMismatchError(
+                f"{source}: {key} was trained with grid {fmt(theirs)} but this config builds "
+                f"{fmt(mine)} (check ugs.*.range, modulator, num_intervals, grid_form)"
+            )
