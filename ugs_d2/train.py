@@ -139,10 +139,10 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
     Returns the results dict (Hydra's multirun keeps it as the job's return value).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils.env import seed_all_rng
 
     from ugs_d2.compat import describe_detectron2
+    from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from ugs_d2.engine.trainer import UGSTrainer
 
     os.makedirs(output_dir, exist_ok=True)
@@ -166,7 +166,7 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     start = time.perf_counter()
     if cfg.eval_only:
         model = UGSTrainer.build_model(d2_cfg)
-        DetectionCheckpointer(model, save_dir=output_dir).resume_or_load(
+        AtomicCheckpointer(model, save_dir=output_dir).resume_or_load(
             d2_cfg.MODEL.WEIGHTS, resume=bool(cfg.resume)
         )
         eval_results = UGSTrainer.test(d2_cfg, model)
@@ -208,6 +208,7 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
 
     from ugs_d2.config import resolve_device
     from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
+    from ugs_d2.modeling.stage import GridMismatchError
 
     try:
         # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
@@ -220,11 +221,11 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
             this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
             use_cuda=resolve_device(cfg.device) == "cuda",
         )
-    except (ConfigError, DatasetError, LaunchConfigError) as e:
+    except (ConfigError, DatasetError, LaunchConfigError, GridMismatchError) as e:
         raise failure(f"ugs-train: {e}") from None  # SystemExit; RuntimeError in a submitit job
     except ProcessRaisedException as e:  # a spawned rank failed; its traceback is printed above
         last = str(e).strip().splitlines()[-1]  # "pkg.module.DatasetError: dataset.root: ..."
-        if re.match(r"^[\w.]+\.(ConfigError|DatasetError): ", last):
+        if re.match(r"^[\w.]+\.(ConfigError|DatasetError|GridMismatchError): ", last):
             last = last.split(": ", 1)[1]
         raise failure(f"ugs-train: {last}") from None
 

@@ -16,6 +16,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ugs_d2.fileio import TMP_PREFIX, write_atomic
+from ugs_d2.modeling.stage import check_grids
 
 __all__ = ["AtomicCheckpointer", "TMP_PREFIX", "LAST_CHECKPOINT"]
 
@@ -33,7 +34,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     Non-local save directories (``s3://``, ``manifold://``; written through the path manager)
     keep fvcore's behaviour. ``resume_or_load`` logs where a resumed run continues from.
+    Loading refuses a checkpoint whose UGS grids differ from the model's
+    (:func:`ugs_d2.modeling.stage.check_grids`) before any weight is copied.
     """
+
+    def _load_file(self, f: str):
+        loaded = super()._load_file(f)
+        model_state = loaded.get("model") if isinstance(loaded, dict) else None
+        if isinstance(model_state, dict):
+            check_grids(self.model.state_dict(), model_state, source=f)
+        return loaded
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:

@@ -517,7 +517,7 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     Raises:
         FileNotFoundError: the config or the weights are missing (one line).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
+    from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from detectron2.modeling import build_model
 
     cfg = read_run_config(run_dir_or_config_yaml)
@@ -529,7 +529,7 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    AtomicCheckpointer(model).load(weights)  # refuses a checkpoint trained with other UGS grids
     model.eval()
     model.ugs_cfg = cfg
     model.ugs_test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)

@@ -11,7 +11,7 @@ A training step with UR, whatever the detector:
    labels and samples, inside :func:`private_event_storage`;
 4. :func:`refinement_loss` keeps the terms that ``ur_losses`` names (``"all"``: every detection
    loss; ``"loc"``: the localization losses only — the two readings of Eq. 14), logs
-   ``ur/eps_ratio`` (``||eps|| / ||P||``, mean over levels and images) and ``ur/loss_delta``
+   ``ur/eps_ratio`` (``||eps|| / ||P||``, mean over the perturbed levels and images) and ``ur/loss_delta``
    (refined minus first-pass value of the same terms), and weights the sum by gamma.
 
 :func:`scale_detection_losses` is the control of Table 6 that separates UR from re-weighting:
@@ -163,15 +163,18 @@ def refinement_loss(
     total = sum(terms.values())
     with torch.no_grad():
         delta = total - sum(first_pass[k] for k in terms if k in first_pass)
+        # per (level, image) that is perturbed at all: an image without foreground at a level
+        # has no gradient there and no perturbation, which is not a small ratio
         ratios = [
-            (e.flatten(1).norm(dim=1) / features[level].flatten(1).norm(dim=1).clamp_min(1e-12)).mean()
+            e.flatten(1).norm(dim=1) / features[level].flatten(1).norm(dim=1).clamp_min(1e-12)
             for level, e in eps.items()
         ]
+        ratios = torch.cat(ratios)[torch.cat(ratios) > 0] if ratios else torch.zeros(0)
     storage = _current_storage()
     if storage is not None:
         storage.put_scalar("ur/loss_delta", float(delta))
-        if ratios:
-            storage.put_scalar("ur/eps_ratio", float(torch.stack(ratios).mean()))
+        if ratios.numel():
+            storage.put_scalar("ur/eps_ratio", float(ratios.mean()))
     return settings.weight * total
 
 
