@@ -15,10 +15,14 @@ from conftest import TINY_RUN, run_ugs_train
 from ugs_d2.cli.validate import CONFIG_DIR, validate_command_line
 from ugs_d2.config import to_detectron2_cfg
 
-TABLE6 = ["off", "giou", "grad_clip", "kl", "ce_uniform", "ce_in", "ce_in_um", "full"]
+# the paper's rows (l1 = Baseline) and the two controls that separate UR from re-weighting
+TABLE6 = [
+    "l1", "smooth_l1", "giou", "grad_clip", "kl", "ce_uniform", "ce_in", "ce_in_um", "full",
+    "full_rho0", "ce_in_um_scaled",
+]
 # preset -> (base ugs preset, number of jobs per seed)
 PRESETS = {
-    "table6": (None, 8),
+    "table6": (None, 11),
     "in_params_rpn": ("ce_in", 4),
     "in_grid_rpn": ("ce_in", 4),
     "in_params_roi": ("ce_in", 4),
