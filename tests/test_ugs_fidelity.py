@@ -232,3 +232,20 @@ def test_cascade_stage_weights_apply_to_stage_losses_not_entropies():
         "ugs_entropy_roi_stage2": 1.0,
         "loss_rpn_cls": 1.0,
     }
+
+
+def test_dense_decoding_transform_decodes_only_the_rows_it_applies():
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    from ugs_d2.bins import expectation
+    from ugs_d2.modeling.stage import BinDecodingTransform
+
+    grid = in_grid(2.0, 1.0, 10)
+    transform = BinDecodingTransform(Box2BoxTransform((1.0, 1.0, 1.0, 1.0)), BinLocalization("bins", grid))
+    logits, anchors = torch.randn(5, 4 * 11), torch.tensor([[0.0, 0.0, 10.0, 20.0]]).repeat(5, 1)
+    want = Box2BoxTransform((1.0, 1.0, 1.0, 1.0)).apply_deltas(expectation(logits.view(5, 4, 11), grid), anchors)
+    torch.testing.assert_close(transform.apply_deltas(logits, anchors), want)
+    deltas = torch.randn(5, 4)  # plain deltas pass through
+    torch.testing.assert_close(transform.apply_deltas(deltas, anchors), transform.transform.apply_deltas(deltas, anchors))
+    assert transform.apply_deltas(torch.zeros(0, 44), anchors[:0]).shape == (0, 4)  # no detection
+    assert transform.weights == (1.0, 1.0, 1.0, 1.0)  # other attributes are the wrapped one's

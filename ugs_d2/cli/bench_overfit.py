@@ -79,7 +79,7 @@ def overfit_curve(
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        curve["cls"].append(classification_loss({k: float(v) for k, v in losses.items()}))
+        curve["cls"].append(classification_loss({k: float(v.detach()) for k, v in losses.items()}))
         curve["total"].append(float(total))
         if step % 20 == 0:
             log(f"{model_preset} ugs={ugs} step {step}: cls {curve['cls'][-1]:.3f}, total {curve['total'][-1]:.3f}")

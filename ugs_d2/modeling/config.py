@@ -190,7 +190,9 @@ def apply_ugs_architecture(cfg: CN) -> CN:
       ``UGSROIHeads``);
     * a stage with "smooth_l1"/"giou" -> detectron2's class, with the loss mirrored into
       detectron2's ``MODEL.RPN.BBOX_REG_LOSS_TYPE`` / ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``;
-    * any UGS class or UR -> ``UGSRCNN``, else ``GeneralizedRCNN``.
+    * UR on -> the UGS RPN and ROI heads even for a native stage (the lean UR pass reuses
+      their first-pass anchor labels and pooled features);
+    * any UGS class, UR or a ``DET_LOSS_SCALE`` != 1 -> ``UGSRCNN``, else ``GeneralizedRCNN``.
 
     A key naming some other class (e.g. ``CascadeROIHeads``) is left alone when its stage needs
     no UGS class; only names this function owns are switched back to detectron2's.
