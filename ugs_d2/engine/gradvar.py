@@ -90,6 +90,7 @@ Across iterations (the faithful probe)
 
 ``ugs-gradvar RUN_A RUN_B`` (:mod:`ugs_d2.cli.gradvar`) prints, for both probes, A / B ratios.
 """
+import logging
 import math
 import random
 from collections import deque
@@ -101,6 +102,8 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, get_event_storage
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUCKETS",
@@ -608,13 +611,25 @@ class IterationGradientProbe:
         self.sizes = (wh[:, 0] * wh[:, 1]).sqrt().numpy()
         self.buckets = assign_buckets(self.sizes)
         self.levels = assign_levels(self.boxes, lo, hi, canonical_box_size, canonical_level)
+        self.seen_keys: List[str] = []
+        self.loss_keys: List[str] = []
 
     def localization_loss(self, losses: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-        terms = [
-            v for k, v in losses.items()
+        """``L_loc``: the sum of the localization terms of ``losses`` (:func:`is_localization_loss`);
+        records ``seen_keys`` (every key) and ``loss_keys`` (those summed)."""
+        first = not self.loss_keys and not self.seen_keys
+        self.seen_keys = sorted(losses)
+        self.loss_keys = sorted(
+            k for k, v in losses.items()
             if is_localization_loss(k) and torch.is_tensor(v) and v.requires_grad
-        ]
-        return sum(terms) if terms else None
+        )
+        if first:
+            logger.info(
+                f"[gradvar] across-iterations probe: {len(self.boxes)} objects in "
+                f"{len(self.batch)} images; L_loc = {' + '.join(self.loss_keys) or 'nothing'} "
+                f"(of {', '.join(self.seen_keys)})"
+            )
+        return sum(losses[k] for k in self.loss_keys) if self.loss_keys else None
 
     def measure(self) -> np.ndarray:
         """(K,) ``m_o`` at the current weights (zeros where ``L_loc`` does not reach)."""
