@@ -642,9 +642,9 @@ class IterationGradientProbe:
                 losses = self.model(self.batch)
                 loss = self.localization_loss(losses)
                 features = captured[0] if captured else {}
-                inputs = [features[n] for n in self.level_names]
-                if loss is None or not all(x.requires_grad for x in inputs):
-                    return np.zeros(len(self.boxes))
+                inputs = [features.get(n) for n in self.level_names]
+                if loss is None or not all(torch.is_tensor(x) and x.requires_grad for x in inputs):
+                    return np.zeros(len(self.boxes))  # nothing to differentiate (frozen FPN)
                 grads = torch.autograd.grad(loss, inputs, allow_unused=True)
         finally:
             handle.remove()
