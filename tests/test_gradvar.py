@@ -478,7 +478,8 @@ def test_faithful_probe_measures_the_localization_gradient_and_leaves_no_trace(u
         storage.put_scalar("training/scalar", 1.0)
         values = probe.measure()
         assert set(storage.latest()) == {"training/scalar"}  # the heads logged elsewhere
-    assert torch.equal(torch.get_rng_state(), rng) and np.random.randint(1 << 30) == np.random.RandomState(5).randint(1 << 30)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert np.random.randint(1 << 30) == np.random.RandomState(5).randint(1 << 30)
     for name, b in model.named_buffers():
         torch.testing.assert_close(b, buffers[name], rtol=0, atol=0, msg=name)
     assert all(p.grad is None for p in model.parameters())

@@ -54,7 +54,9 @@ FAITHFUL_PREFIX = "gradvar_faithful/"
 FAITHFUL_STATS = ("cv2", "var", "mean", "count")
 #: the probes as ``gradvar.probe`` names them -> their title in the reports
 PROBE_TITLES = {
-    "across_iterations": "Across iterations (paper Sec. 4.6): |dL_loc/dP_l| per object over a fixed probe batch",
+    "across_iterations": (
+        "Across iterations (paper Sec. 4.6): |dL_loc/dP_l| per object over a fixed probe batch"
+    ),
     "across_objects": "Across objects: |d loss_box_reg / d box feature| per ROI sample",
 }
 
