@@ -295,18 +295,32 @@ def to_detectron2_cfg(
     d2.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
     d2.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = clip if clip > 0 else 1.0
 
-    # gradient-variance probe (ugs_d2.engine.gradvar); changes no training computation
+    # gradient-variance probes (ugs_d2.engine.gradvar); change no training computation
     d2.GRADVAR = CfgNode()
     d2.GRADVAR.ENABLED = get("gradvar.enabled", boolean)
+    d2.GRADVAR.PROBE = get("gradvar.probe", string)
     d2.GRADVAR.WINDOW = get("gradvar.window", integer)
     d2.GRADVAR.PERIOD = get("gradvar.period", integer)
-    for key in ("window", "period"):
+    d2.GRADVAR.PROBE_IMAGES = get("gradvar.probe_images", integer)
+    d2.GRADVAR.PROBE_PERIOD = get("gradvar.probe_period", integer)
+    d2.GRADVAR.CANONICAL_BOX_SIZE = get("gradvar.canonical_box_size", integer)
+    d2.GRADVAR.CANONICAL_LEVEL = get("gradvar.canonical_level", integer)
+    for key in ("window", "period", "probe_images", "probe_period", "canonical_box_size"):
         if get(f"gradvar.{key}", integer) < 1:
             raise ConfigError(f"gradvar.{key}: expected a positive integer")
-    if d2.GRADVAR.ENABLED and project:  # the probe hooks the core ROI box predictor
+    probes = ("across_objects", "across_iterations", "both")  # ugs_d2.engine.gradvar.PROBES
+    if d2.GRADVAR.PROBE not in probes:
+        raise ConfigError(f"gradvar.probe: expected one of {', '.join(probes)}, got {d2.GRADVAR.PROBE!r}")
+    if 2 * d2.GRADVAR.PROBE_PERIOD > d2.GRADVAR.WINDOW and d2.GRADVAR.PROBE != "across_objects":
         raise ConfigError(
-            f"gradvar.enabled: the gradient-variance probe measures the Faster R-CNN ROI box head; "
-            f"model.project={project} has no such head (use a core Faster R-CNN preset)"
+            f"gradvar.probe_period: {d2.GRADVAR.PROBE_PERIOD} leaves fewer than 2 probes per "
+            f"window of gradvar.window={d2.GRADVAR.WINDOW} iterations (use <= window / 2)"
+        )
+    if d2.GRADVAR.ENABLED and project and d2.GRADVAR.PROBE != "across_iterations":
+        raise ConfigError(  # the across-objects probe hooks the core ROI box predictor
+            f"gradvar.enabled: the across-objects probe (gradvar.probe={d2.GRADVAR.PROBE}) measures "
+            f"the Faster R-CNN ROI box head; model.project={project} has no such head "
+            f"(use gradvar.probe=across_iterations, or a core Faster R-CNN preset)"
         )
     _tiling(cfg, d2, get)  # tiling.*: tiled train split and tiled evaluation
     try:

@@ -1,20 +1,30 @@
 """``ugs-gradvar RUN_A RUN_B``: compare two runs' localization-gradient variance per GT size.
 
 Both runs must have been trained with ``gradvar.enabled=true`` (see :mod:`ugs_d2.engine.gradvar`
-for what is measured). The table shows, per size bucket, each run's variance of the per-sample
-gradient magnitude over its window, their ratio var(A) / var(B) (the paper's
-variance(Smooth-L1) / variance(UGS) with A = the baseline, B = UGS; Sec. 4.6 reports 2.9 for
-``lt32``), the mean magnitudes and the sample counts. Examples::
+for what is measured). Two probes are reported, each where the runs logged it
+(``gradvar.probe``, default ``both``):
+
+* **across iterations** (the paper's Sec. 4.6 measure; ``gradvar_faithful/<bucket>/*``): per
+  bucket, ``cv2`` = Var_t(m_o) / mean_t(m_o)^2 averaged over the probe batch's objects (the
+  scale-free statistic) and ``var`` = Var_t(m_o) averaged over them (raw), and their ratios
+  A / B. With A = the baseline, B = UGS, ``cv2 A/B`` for ``lt32`` is the paper's
+  variance(Smooth-L1) / variance(UGS) = 2.9, read scale-free.
+* **across objects** (``gradvar/<bucket>/*``): each run's variance of the per-sample ROI
+  gradient magnitude over its window, and var(A) / var(B).
+
+Each run's localization loss is named from its ``detectron2_config.yaml`` (or its
+``.hydra/config.yaml``), so that a ratio says which baseline it is against: ``L1`` (detectron2's
+smooth-L1 with its default ``SMOOTH_L1_BETA`` 0, which is L1), ``Smooth-L1 (beta 1)``, ``GIoU``,
+``KL`` or ``UGS bins`` (+ UM, + UR). Examples::
 
     ugs-train ugs=off gradvar.enabled=true && ugs-train ugs=full gradvar.enabled=true
     ugs-gradvar outputs/default/gradvar.enabled=true,ugs=off \
                 outputs/default/gradvar.enabled=true,ugs=full
-    ugs-gradvar RUN_A RUN_B --iteration 999     # the window ending at iteration 999
+    ugs-gradvar RUN_A RUN_B --iteration 999     # the windows ending at iteration 999
     ugs-gradvar RUN_A RUN_B --mean              # mean ratio over the iterations both runs logged
 
 Over a sweep (seeds): pair the runs that differ only in one override and report each bucket's
-ratio as mean +- std over the pairs, for the last window and averaged over the run, beside the
-scale-free ratio of var / mean^2 (the two losses' gradients differ in scale)::
+ratios as mean +- std over the pairs, for the last window and averaged over the run::
 
     ugs-gradvar --sweep multirun/embedded_table6 --baseline ugs=off --against ugs=full \
                 --out results/embedded/gradvar.md
@@ -30,13 +40,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ugs_d2.evaluation.metrics import metrics_path, read_metrics
 
 __all__ = [
-    "GradVarError", "load_gradvar", "compare", "format_table", "pair_sweep", "compare_sweep",
+    "GradVarError", "load_gradvar", "load_faithful", "compare", "compare_faithful",
+    "format_table", "format_faithful_table", "pair_sweep", "compare_sweep",
+    "compare_sweep_faithful", "describe_loss", "describe_d2_config", "sweep_losses",
     "format_sweep_markdown", "mean_std", "format_mean_std", "main",
 ]
 
 PROG = "ugs-gradvar"
 PREFIX = "gradvar/"
 STATS = ("var", "mean_abs", "count")
+#: the across-iterations probe (ugs_d2.engine.gradvar.FAITHFUL_PREFIX + "/")
+FAITHFUL_PREFIX = "gradvar_faithful/"
+FAITHFUL_STATS = ("cv2", "var", "mean", "count")
+#: the probes as ``gradvar.probe`` names them -> their title in the reports
+PROBE_TITLES = {
+    "across_iterations": (
+        "Across iterations (paper Sec. 4.6): |dL_loc/dP_l| per object over a fixed probe batch"
+    ),
+    "across_objects": "Across objects: |d loss_box_reg / d box feature| per ROI sample",
+}
 
 #: iteration -> bucket -> stat -> value
 Series = Dict[int, Dict[str, Dict[str, float]]]
@@ -50,8 +72,8 @@ class GradVarError(ValueError):
 BUCKET_ORDER = ("tiny", "small", "medium", "large", "lt32")
 
 
-def load_gradvar(run_dir: str) -> Series:
-    """The ``gradvar/<bucket>/<stat>`` scalars of a run's ``metrics.json``, per iteration."""
+def _read_series(run_dir: str, prefix: str, stats: Sequence[str]) -> Series:
+    """The ``<prefix><bucket>/<stat>`` scalars of a run's ``metrics.json``, per iteration."""
     if not os.path.isdir(run_dir):
         raise GradVarError(f"{run_dir}: no such run directory")
     if not os.path.isfile(metrics_path(run_dir)):
@@ -59,18 +81,136 @@ def load_gradvar(run_dir: str) -> Series:
     series: Series = {}
     for record in read_metrics(run_dir):
         for key, value in record.items():
-            if not key.startswith(PREFIX) or not isinstance(value, (int, float)):
+            if not key.startswith(prefix) or not isinstance(value, (int, float)):
                 continue
-            bucket, _, stat = key[len(PREFIX):].rpartition("/")
-            if bucket and stat in STATS:
+            bucket, _, stat = key[len(prefix):].rpartition("/")
+            if bucket and stat in stats:
                 per_bucket = series.setdefault(record["iteration"], {})
                 per_bucket.setdefault(bucket, {})[stat] = float(value)
+    return series
+
+
+def load_gradvar(run_dir: str) -> Series:
+    """The across-objects probe's ``gradvar/<bucket>/<stat>`` scalars, per iteration."""
+    series = _read_series(run_dir, PREFIX, STATS)
     if not series:
         raise GradVarError(
             f"{run_dir}: metrics.json has no gradvar statistics; "
             "train it with gradvar.enabled=true"
         )
     return series
+
+
+def load_faithful(run_dir: str) -> Series:
+    """The across-iterations probe's ``gradvar_faithful/<bucket>/<stat>`` scalars, per
+    iteration (the end of each window); raises GradVarError when the run has none."""
+    series = _read_series(run_dir, FAITHFUL_PREFIX, FAITHFUL_STATS)
+    if not series:
+        raise GradVarError(
+            f"{run_dir}: metrics.json has no gradvar_faithful statistics; train it with "
+            "gradvar.enabled=true gradvar.probe=both (or across_iterations)"
+        )
+    return series
+
+
+# --------------------------------------------------------------------------------------------
+# which localization loss a run trained with (the baseline a ratio is against)
+
+
+def _d2_node(config: Dict, *path: str):
+    node = config
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _stage_loss(config: Dict, stage: str) -> Optional[str]:
+    """The localization loss of one stage (RPN, ROI, RETINANET) of a detectron2 config dict."""
+    ugs = _d2_node(config, "MODEL", "UGS", "RPN" if stage == "RETINANET" else stage) or {}
+    if ugs.get("ENABLED"):
+        return "UGS bins"
+    if ugs.get("REG_LOSS") == "kl":
+        return "KL"
+    head = {"RPN": "RPN", "ROI": "ROI_BOX_HEAD", "RETINANET": "RETINANET"}[stage]
+    node = _d2_node(config, "MODEL", head)
+    if not isinstance(node, dict):
+        return None
+    kind = node.get("BBOX_REG_LOSS_TYPE", "smooth_l1")
+    if kind == "giou":
+        return "GIoU"
+    if kind != "smooth_l1":
+        return str(kind)
+    beta = node.get("SMOOTH_L1_BETA", node.get("SMOOTH_L1_LOSS_BETA"))
+    if beta is None:
+        return "smooth_l1 (beta unrecorded)"
+    beta = float(beta)
+    return "L1 (SMOOTH_L1_BETA 0)" if beta == 0 else f"Smooth-L1 (beta {beta:g})"
+
+
+def describe_d2_config(config: Dict) -> str:
+    """One phrase naming a detectron2 config's localization loss, e.g. ``L1 (SMOOTH_L1_BETA 0)
+    in RPN and ROI head``, ``Smooth-L1 (beta 1)``, ``UGS bins + UM + UR``."""
+    arch = str(_d2_node(config, "MODEL", "META_ARCHITECTURE") or "")
+    stages = ("RETINANET",) if "RetinaNet" in arch else ("FCOS",) if "FCOS" in arch else ("RPN", "ROI")
+    if stages == ("FCOS",):
+        bins = bool(_d2_node(config, "MODEL", "UGS", "RPN", "ENABLED"))
+        losses = {"FCOS": "UGS bins" if bins else "FCOS's GIoU"}
+    else:
+        losses = {s: _stage_loss(config, s) for s in stages}
+    names = {s: l for s, l in losses.items() if l is not None}
+    if not names:
+        return "unknown"
+    where = {"RPN": "RPN", "ROI": "ROI head", "RETINANET": "RetinaNet head", "FCOS": "FCOS head"}
+    if len(set(names.values())) == 1:
+        text = next(iter(names.values()))
+        if len(names) > 1:
+            text += " in " + " and ".join(where[s] for s in names)
+    else:
+        text = "; ".join(f"{where[s]}: {l}" for s, l in names.items())
+    if any(l == "UGS bins" for l in names.values()):
+        for key, label in (("UM_WEIGHT", "UM"), ("UR_WEIGHT", "UR")):
+            weight = _d2_node(config, "MODEL", "UGS", key)
+            if isinstance(weight, (int, float)) and weight > 0:
+                text += f" + {label}"
+    return text
+
+
+def describe_loss(run_dir: str) -> str:
+    """The localization loss a run trained with (:func:`describe_d2_config`), from its
+    ``detectron2_config.yaml``; else ``.hydra/config.yaml``'s ``ugs:`` block (no beta there
+    means detectron2's default beta 0, i.e. L1, unless the block sets one); else ``unknown``."""
+    import yaml
+
+    path = os.path.join(run_dir, "detectron2_config.yaml")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return describe_d2_config(yaml.safe_load(f) or {})
+    path = os.path.join(run_dir, ".hydra", "config.yaml")
+    if not os.path.isfile(path):
+        return "unknown"
+    with open(path) as f:
+        ugs = (yaml.safe_load(f) or {}).get("ugs") or {}
+
+    def beta(node: Dict) -> Optional[float]:
+        found = [v for k, v in node.items() if "beta" in str(k) and isinstance(v, (int, float))]
+        return float(found[0]) if found else None
+
+    config: Dict = {"MODEL": {"UGS": {}, "RPN": {}, "ROI_BOX_HEAD": {}}}
+    for stage, head in (("rpn", "RPN"), ("roi", "ROI_BOX_HEAD")):
+        node = ugs.get(stage) or {}
+        config["MODEL"]["UGS"][stage.upper()] = {
+            "ENABLED": node.get("enabled"), "REG_LOSS": node.get("reg_loss"),
+        }
+        b = beta(node) if beta(node) is not None else beta(ugs)
+        config["MODEL"][head] = {
+            "BBOX_REG_LOSS_TYPE": "giou" if node.get("reg_loss") == "giou" else "smooth_l1",
+            "SMOOTH_L1_BETA": 0.0 if b is None else b,
+        }
+    config["MODEL"]["UGS"]["UM_WEIGHT"] = ugs.get("um_weight", 0)
+    config["MODEL"]["UGS"]["UR_WEIGHT"] = ugs.get("ur_weight", 0)
+    return describe_d2_config(config)
 
 
 def _pick(series: Series, run_dir: str, iteration: Optional[int]) -> int:
@@ -94,13 +234,16 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def compare(
     a: Series, b: Series, run_a: str = "A", run_b: str = "B",
     iteration: Optional[int] = None, mean: bool = False,
+    stats: Sequence[str] = STATS, ratios: Optional[Dict[str, str]] = None,
 ) -> Tuple[str, List[Dict[str, object]]]:
     """Rows (one per bucket present in either run) of the comparison, and a header line.
 
     Default: each run's last logged window (or the one ending at ``iteration``). ``mean``: over
     the iterations both runs logged, the mean of each statistic and the mean of the per-iteration
-    variance ratios.
+    ratios. ``stats``: the statistics read (row keys ``<stat>_a``, ``<stat>_b``); ``ratios``:
+    row key -> the statistic whose A / B it holds (default ``{"ratio": "var"}``).
     """
+    ratios = {"ratio": "var"} if ratios is None else ratios
     if mean:
         common = sorted(set(a) & set(b))
         if not common:
@@ -120,24 +263,39 @@ def compare(
         row: Dict[str, object] = {"bucket": bucket}
         if common is None:
             for side, series, it in (("a", a, it_a), ("b", b, it_b)):
-                stats = series[it].get(bucket, {})
-                for stat in STATS:
-                    row[f"{stat}_{side}"] = stats.get(stat)
-            row["ratio"] = _ratio(row["var_a"], row["var_b"])
+                values = series[it].get(bucket, {})
+                for stat in stats:
+                    row[f"{stat}_{side}"] = values.get(stat)
+            for name, stat in ratios.items():
+                row[name] = _ratio(row[f"{stat}_a"], row[f"{stat}_b"])
         else:
             for side, series in (("a", a), ("b", b)):
-                for stat in STATS:
+                for stat in stats:
                     values = [series[it].get(bucket, {}).get(stat) for it in common]
                     values = [v for v in values if v is not None]
                     row[f"{stat}_{side}"] = sum(values) / len(values) if values else None
-            ratios = [
-                _ratio(a[it].get(bucket, {}).get("var"), b[it].get(bucket, {}).get("var"))
-                for it in common
-            ]
-            ratios = [r for r in ratios if r is not None]
-            row["ratio"] = sum(ratios) / len(ratios) if ratios else None
+            for name, stat in ratios.items():
+                per_it = [
+                    _ratio(a[it].get(bucket, {}).get(stat), b[it].get(bucket, {}).get(stat))
+                    for it in common
+                ]
+                per_it = [r for r in per_it if r is not None]
+                row[name] = sum(per_it) / len(per_it) if per_it else None
         rows.append(row)
     return header, rows
+
+
+#: the across-iterations probe's ratios: row key -> statistic
+FAITHFUL_RATIOS = {"cv2_ratio": "cv2", "var_ratio": "var", "mean_ratio": "mean"}
+
+
+def compare_faithful(
+    a: Series, b: Series, run_a: str = "A", run_b: str = "B",
+    iteration: Optional[int] = None, mean: bool = False,
+) -> Tuple[str, List[Dict[str, object]]]:
+    """:func:`compare` for the across-iterations probe: rows with ``cv2``, ``var``, ``mean``
+    and ``count`` (objects) of each side and ``cv2_ratio``, ``var_ratio``, ``mean_ratio``."""
+    return compare(a, b, run_a, run_b, iteration, mean, FAITHFUL_STATS, FAITHFUL_RATIOS)
 
 
 def _fmt(value: Optional[float], count: bool = False) -> str:
@@ -146,8 +304,19 @@ def _fmt(value: Optional[float], count: bool = False) -> str:
     return f"{value:.0f}" if count else f"{value:.4g}"
 
 
+def _format_columns(rows: Sequence[Dict[str, object]], columns) -> str:
+    cells = [[name for name, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(padded))
+    return "\n".join(lines)
+
+
 def format_table(rows: Sequence[Dict[str, object]]) -> str:
-    columns = [
+    """The across-objects comparison (:func:`compare` rows) as an aligned text table."""
+    return _format_columns(rows, [
         ("bucket", lambda r: str(r["bucket"])),
         ("var A", lambda r: _fmt(r["var_a"])),
         ("var B", lambda r: _fmt(r["var_b"])),
@@ -156,14 +325,24 @@ def format_table(rows: Sequence[Dict[str, object]]) -> str:
         ("mean|g| B", lambda r: _fmt(r["mean_abs_b"])),
         ("n A", lambda r: _fmt(r["count_a"], count=True)),
         ("n B", lambda r: _fmt(r["count_b"], count=True)),
-    ]
-    cells = [[name for name, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = []
-    for row in cells:
-        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(padded))
-    return "\n".join(lines)
+    ])
+
+
+def format_faithful_table(rows: Sequence[Dict[str, object]]) -> str:
+    """The across-iterations comparison (:func:`compare_faithful` rows) as a text table."""
+    return _format_columns(rows, [
+        ("bucket", lambda r: str(r["bucket"])),
+        ("cv2 A", lambda r: _fmt(r["cv2_a"])),
+        ("cv2 B", lambda r: _fmt(r["cv2_b"])),
+        ("cv2 A/B", lambda r: _fmt(r["cv2_ratio"])),
+        ("var A", lambda r: _fmt(r["var_a"])),
+        ("var B", lambda r: _fmt(r["var_b"])),
+        ("var A/B", lambda r: _fmt(r["var_ratio"])),
+        ("mean A", lambda r: _fmt(r["mean_a"])),
+        ("mean B", lambda r: _fmt(r["mean_b"])),
+        ("objects A", lambda r: _fmt(r["count_a"], count=True)),
+        ("objects B", lambda r: _fmt(r["count_b"], count=True)),
+    ])
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,12 +447,57 @@ def format_mean_std(stat: Tuple[Optional[float], Optional[float], int]) -> str:
     return f"{mean:.4g}" if std is None else f"{mean:.4g} +- {std:.2g}"
 
 
+def compare_sweep_faithful(
+    pairs: Sequence[Tuple[str, str, str]], mean: bool = False
+) -> Tuple[List[Dict[str, object]], Dict[str, List[Dict[str, object]]]]:
+    """:func:`compare_sweep` for the across-iterations probe: per bucket, mean, std and n over
+    the pairs of ``cv2_ratio``, ``var_ratio`` and ``mean_ratio``, and the mean object counts."""
+    per_pair: Dict[str, List[Dict[str, object]]] = {}
+    for label, run_a, run_b in pairs:
+        _, rows = compare_faithful(load_faithful(run_a), load_faithful(run_b), run_a, run_b, mean=mean)
+        per_pair[label] = rows
+    buckets: List[str] = []
+    for rows in per_pair.values():
+        buckets.extend(str(r["bucket"]) for r in rows if r["bucket"] not in buckets)
+    summary = []
+    for bucket in buckets:
+        rows = [r for rs in per_pair.values() for r in rs if r["bucket"] == bucket]
+        out: Dict[str, object] = {"bucket": bucket}
+        for name in FAITHFUL_RATIOS:
+            out[name] = mean_std([r[name] for r in rows])
+        out["count_a"] = mean_std([r["count_a"] for r in rows])[0]
+        out["count_b"] = mean_std([r["count_b"] for r in rows])[0]
+        summary.append(out)
+    return summary, per_pair
+
+
+def sweep_losses(pairs: Sequence[Tuple[str, str, str]]) -> Tuple[str, str]:
+    """(baseline side, compared side): the localization losses of the pairs' runs
+    (:func:`describe_loss`), distinct ones joined with `` / ``."""
+    sides = []
+    for index in (1, 2):
+        names: List[str] = []
+        for pair in pairs:
+            name = describe_loss(pair[index])
+            if name not in names:
+                names.append(name)
+        sides.append(" / ".join(names))
+    return sides[0], sides[1]
+
+
+Comparison = Tuple[List[Dict[str, object]], Dict[str, List[Dict[str, object]]]]
+
+
 def format_sweep_markdown(
     sweep_dir: str, baseline: str, against: str, pairs: Sequence[Tuple[str, str, str]],
-    last: Tuple[List[Dict[str, object]], Dict[str, List[Dict[str, object]]]],
-    averaged: Tuple[List[Dict[str, object]], Dict[str, List[Dict[str, object]]]],
-    command: str,
+    last: Optional[Comparison], averaged: Optional[Comparison], command: str,
+    faithful: Optional[Tuple[Comparison, Comparison]] = None,
+    losses: Optional[Tuple[str, str]] = None,
 ) -> str:
+    """The sweep report: the across-iterations probe's tables (``faithful``: last window,
+    averaged), then the across-objects probe's (``last``, ``averaged``); a probe that is None
+    was not logged by the runs. ``losses``: the two sides' localization losses."""
+    loss_a, loss_b = losses if losses is not None else ("unknown", "unknown")
     lines = [
         f"# Localization-gradient variance per GT size: A = `{baseline}` vs B = `{against}`",
         "",
@@ -281,41 +505,100 @@ def format_sweep_markdown(
         "",
         f"Sweep `{sweep_dir}`, {len(pairs)} pair(s) of complete runs: "
         + ", ".join(f"`{label}`" for label, _, _ in pairs) + ".",
-        "Statistic (ugs_d2/engine/gradvar.py): per foreground ROI sample, |d loss_box_reg / d box "
-        "feature|, bucketed by the GT's sqrt(area) at input scale; `var` is its variance over a "
-        "window of iterations. `var A/B` is the paper's ratio (Sec. 4.6: 2.9 for objects under 32 px). "
-        "`cv2 A/B` divides each side's variance by its squared mean magnitude first (scale-free), "
-        "`mean|g| A/B` is the ratio of the magnitudes. Cells: mean +- sample std over the pairs.",
+        "",
+        f"Every ratio is A / B = baseline / compared, with A = `{baseline}`: **{loss_a}**, and "
+        f"B = `{against}`: **{loss_b}** (from each run's detectron2_config.yaml; detectron2's "
+        "default SMOOTH_L1_BETA 0 makes its smooth-L1 an L1 loss). Cells: mean +- sample std "
+        "over the pairs.",
         "",
     ]
-    header = r"| bucket | var A/B | cv2 A/B | mean\|g\| A/B | samples A | samples B |"
-    for title, (summary, _) in (
-        ("Last window of each run", last), ("Averaged over every logged window", averaged)
-    ):
-        lines += [f"## {title}", "", header, "|---|---:|---:|---:|---:|---:|"]
-        for row in summary:
-            lines.append(
-                f"| {row['bucket']} | {format_mean_std(row['ratio'])} | "
-                f"{format_mean_std(row['cv2_ratio'])} | {format_mean_std(row['mag_ratio'])} | "
-                f"{_fmt(row['count_a'], count=True)} | "
-                f"{_fmt(row['count_b'], count=True)} |"
-            )
-        lines.append("")
-    lines += ["## Each pair, last window", ""]
-    for label, rows in last[1].items():
-        lines += [f"`{label}`", "", "```", format_table(rows), "```", ""]
+    if faithful is not None:
+        lines += [
+            f"## {PROBE_TITLES['across_iterations']}",
+            "",
+            "Statistic (ugs_d2/engine/gradvar.py, `gradvar_faithful/*`): a fixed probe batch, "
+            "probed every `gradvar.probe_period` iterations; per GT object, m_o = mean of "
+            "||dL_loc/dP_l|| over its box at its FPN level (L_loc: RPN + box localization losses "
+            "and UM; no classification, no UR). Per window of `gradvar.window` iterations, "
+            "`cv2` = Var_t(m_o)/mean_t(m_o)^2 averaged over objects (scale-free: the paper's "
+            "Sec. 4.6 ratio is 2.9 for objects under 32 px), `var` = Var_t(m_o) averaged over "
+            "objects (raw), `mean` = mean_t(m_o).",
+            "",
+        ]
+        header = "| bucket | cv2 A/B | var A/B | mean A/B | objects A | objects B |"
+        for title, (summary, _) in zip(
+            ("Last window of each run", "Averaged over every logged window"), faithful
+        ):
+            lines += [f"### {title}", "", header, "|---|---:|---:|---:|---:|---:|"]
+            for row in summary:
+                lines.append(
+                    f"| {row['bucket']} | {format_mean_std(row['cv2_ratio'])} | "
+                    f"{format_mean_std(row['var_ratio'])} | {format_mean_std(row['mean_ratio'])} | "
+                    f"{_fmt(row['count_a'], count=True)} | {_fmt(row['count_b'], count=True)} |"
+                )
+            lines.append("")
+        lines += ["### Each pair, last window", ""]
+        for label, rows in faithful[0][1].items():
+            lines += [f"`{label}`", "", "```", format_faithful_table(rows), "```", ""]
+    if last is not None and averaged is not None:
+        lines += [
+            f"## {PROBE_TITLES['across_objects']}",
+            "",
+            "Statistic (ugs_d2/engine/gradvar.py, `gradvar/*`): per foreground ROI sample, "
+            "|d loss_box_reg / d box feature|, bucketed by the GT's sqrt(area) at input scale; "
+            "`var` is its variance over a window of iterations, pooled over objects. `var A/B` "
+            "is the raw ratio. `cv2 A/B` divides each side's variance by its squared mean "
+            "magnitude first (scale-free), `mean|g| A/B` is the ratio of the magnitudes.",
+            "",
+        ]
+        header = r"| bucket | var A/B | cv2 A/B | mean\|g\| A/B | samples A | samples B |"
+        for title, (summary, _) in (
+            ("Last window of each run", last), ("Averaged over every logged window", averaged)
+        ):
+            lines += [f"### {title}", "", header, "|---|---:|---:|---:|---:|---:|"]
+            for row in summary:
+                lines.append(
+                    f"| {row['bucket']} | {format_mean_std(row['ratio'])} | "
+                    f"{format_mean_std(row['cv2_ratio'])} | {format_mean_std(row['mag_ratio'])} | "
+                    f"{_fmt(row['count_a'], count=True)} | "
+                    f"{_fmt(row['count_b'], count=True)} |"
+                )
+            lines.append("")
+        lines += ["### Each pair, last window", ""]
+        for label, rows in last[1].items():
+            lines += [f"`{label}`", "", "```", format_table(rows), "```", ""]
     return "\n".join(lines)
+
+
+def _either(fn, *args):
+    """``fn(*args)``, or None when a run lacks that probe's statistics."""
+    try:
+        return fn(*args)
+    except GradVarError as e:
+        if "no gradvar" not in str(e):
+            raise
+        return None
 
 
 def _sweep_main(args: argparse.Namespace, argv: Sequence[str]) -> None:
     from ugs_d2.fileio import write_text_atomic
 
     pairs = pair_sweep(args.sweep, args.baseline, args.against)
-    last = compare_sweep(pairs, mean=False)
-    averaged = compare_sweep(pairs, mean=True)
+    last = _either(compare_sweep, pairs, False)
+    averaged = _either(compare_sweep, pairs, True) if last is not None else None
+    faithful_last = _either(compare_sweep_faithful, pairs, False)
+    faithful = None
+    if faithful_last is not None:
+        faithful = (faithful_last, compare_sweep_faithful(pairs, True))
+    if last is None and faithful is None:
+        raise GradVarError(
+            f"{args.sweep}: the {args.baseline} and {args.against} runs have no gradvar "
+            "statistics; train them with gradvar.enabled=true"
+        )
     command = " ".join([PROG] + [shlex.quote(a) for a in argv])
     text = format_sweep_markdown(
-        args.sweep, args.baseline, args.against, pairs, last, averaged, command
+        args.sweep, args.baseline, args.against, pairs, last, averaged, command,
+        faithful=faithful, losses=sweep_losses(pairs),
     )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -354,20 +637,47 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not (args.run_a and args.run_b):
         parser.error("give RUN_A and RUN_B, or --sweep SWEEP_DIR")
     try:
-        a, b = load_gradvar(args.run_a), load_gradvar(args.run_b)
-        header, rows = compare(
-            a, b, args.run_a, args.run_b, iteration=args.iteration, mean=args.mean
-        )
+        for run in (args.run_a, args.run_b):
+            _read_series(run, PREFIX, STATS)  # one line for a missing directory or metrics.json
+        tables = []
+        faithful = [_either(load_faithful, r) for r in (args.run_a, args.run_b)]
+        objects = [_either(load_gradvar, r) for r in (args.run_a, args.run_b)]
+        if all(s is not None for s in faithful):
+            header, rows = compare_faithful(
+                *faithful, args.run_a, args.run_b, iteration=args.iteration, mean=args.mean
+            )
+            tables.append((
+                f"{PROBE_TITLES['across_iterations']}; cv2 = Var_t/mean_t^2 (scale-free), "
+                f"var = Var_t (raw), each averaged over objects; {header}",
+                format_faithful_table(rows),
+            ))
+        if all(s is not None for s in objects):
+            header, rows = compare(
+                *objects, args.run_a, args.run_b, iteration=args.iteration, mean=args.mean
+            )
+            tables.append((
+                "Across objects: ROI localization-loss gradient |d loss_box_reg / d box feature| "
+                f"per foreground sample, by GT sqrt(area) at input scale; {header}",
+                format_table(rows),
+            ))
+        missing = [r for r, f, o in zip((args.run_a, args.run_b), faithful, objects)
+                   if f is None and o is None]
+        if missing:
+            raise GradVarError(
+                f"{missing[0]}: metrics.json has no gradvar statistics; "
+                "train it with gradvar.enabled=true"
+            )
+        if not tables:
+            raise GradVarError(
+                f"{args.run_a} and {args.run_b} logged no probe in common (gradvar.probe differs)"
+            )
     except GradVarError as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    print(f"A = {args.run_a}")
-    print(f"B = {args.run_b}")
-    print(
-        "ROI localization-loss gradient |d loss_box_reg / d box feature| per foreground sample, "
-        f"by GT sqrt(area) at input scale; {header}"
-    )
-    print(format_table(rows))
-
+    print(f"A = {args.run_a}: {describe_loss(args.run_a)}")
+    print(f"B = {args.run_b}: {describe_loss(args.run_b)}")
+    for title, table in tables:
+        print(title)
+        print(table)
 
 if __name__ == "__main__":
     main()

@@ -147,12 +147,21 @@ class UGSTrainer(DefaultTrainer):
         if gradvar is not None and gradvar.ENABLED:  # gradient-variance probe, paper Sec. 4.6
             from detectron2.engine.hooks import PeriodicWriter
 
-            from ugs_d2.engine.gradvar import GradVarHook
+            from ugs_d2.engine.gradvar import GradVarHook, IterationGradVarHook
 
-            probe = GradVarHook(gradvar.WINDOW, gradvar.PERIOD)
+            kind = gradvar.get("PROBE", "across_objects")  # configs older than the faithful probe
+            probes = []
+            if kind in ("across_objects", "both"):
+                probes.append(GradVarHook(gradvar.WINDOW, gradvar.PERIOD))
+            if kind in ("across_iterations", "both"):
+                probes.append(IterationGradVarHook(
+                    self.cfg, gradvar.WINDOW, gradvar.PROBE_PERIOD, gradvar.PROBE_IMAGES,
+                    gradvar.CANONICAL_BOX_SIZE, gradvar.CANONICAL_LEVEL,
+                ))
             # before the writers, so that they see the statistics of the same step
             writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), None)
-            hooks.insert(len(hooks) if writer is None else writer, probe)
+            at = len(hooks) if writer is None else writer
+            hooks[at:at] = probes
         return hooks
 
     def build_writers(self):
