@@ -38,7 +38,7 @@ def overfit_curve(
     lr: float = 0.02,
     warmup: int = 20,
     batch_size: int = 2,
-    num_batches: int = 2,
+    num_batches: int = 1,
     overrides: Sequence[str] = SMALL_INPUT,
     log: Callable[[str], None] = lambda m: None,
 ) -> Dict[str, List[float]]:
@@ -86,12 +86,26 @@ def overfit_curve(
     return curve
 
 
-def run_overfit(models: Sequence[str], *, iters: int, tail: int, log) -> Dict:
+def run_overfit(
+    models: Sequence[str],
+    *,
+    iters: int,
+    tail: int,
+    against: str = "full",
+    num_batches: int = 1,
+    overrides: Sequence[str] = (),
+    log,
+) -> Dict:
+    """``off`` and ``against`` for every model preset; see :func:`overfit_curve`."""
     curves = {}
     for model in models:
-        for ugs in ("off", "full"):
-            curves[(model, ugs)] = overfit_curve(model, ugs, iters=iters, log=log)
-    return {"curves": curves, "models": list(models), "iters": iters, "tail": tail}
+        for ugs in ("off", against):
+            curves[(model, ugs)] = overfit_curve(
+                model, ugs, iters=iters, num_batches=num_batches,
+                overrides=[*SMALL_INPUT, *overrides], log=log,
+            )
+    return {"curves": curves, "models": list(models), "iters": iters, "tail": tail, "against": against,
+            "num_batches": num_batches, "overrides": list(overrides)}
 
 
 def _tail_mean(values: List[float], tail: int) -> float:
@@ -99,22 +113,22 @@ def _tail_mean(values: List[float], tail: int) -> float:
 
 
 def format_report(outcome: Dict, command: str, started: str, wall_s: float, loads: List[float]) -> str:
-    tail = outcome["tail"]
+    tail, against = outcome["tail"], outcome["against"]
     lines = [
-        "# Tiny overfit: classification loss with `ugs=off` and `ugs=full`",
+        f"# Tiny overfit: classification loss with `ugs=off` and `ugs={against}`",
         "",
         f"- command: `{command}`",
         f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
         + " / ".join(f"{x:.2f}" for x in loads),
-        f"- {outcome['iters']} SGD steps (lr 0.02, momentum 0.9, 20 warmup steps) on 2 fixed batches of "
-        "2 synthetic 128 px images, same seed; mean of the last "
-        f"{tail} steps",
+        f"- {outcome['iters']} SGD steps (lr 0.02, momentum 0.9, 20 warmup steps) on "
+        f"{outcome['num_batches']} fixed batch(es) of 2 synthetic 128 px images, same seed; mean of the last "
+        f"{tail} steps; overrides: {' '.join(outcome.get('overrides') or []) or '(none)'}",
         "",
-        "| model | cls loss off | cls loss full | full / off | total off | total full |",
+        f"| model | cls loss off | cls loss {against} | {against} / off | total off | total {against} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for model in outcome["models"]:
-        off, full = outcome["curves"][(model, "off")], outcome["curves"][(model, "full")]
+        off, full = outcome["curves"][(model, "off")], outcome["curves"][(model, against)]
         c_off, c_full = _tail_mean(off["cls"], tail), _tail_mean(full["cls"], tail)
         lines.append(
             f"| {model} | {c_off:.4f} | {c_full:.4f} | {c_full / c_off:.2f}x | "
@@ -135,7 +149,7 @@ def plot_curves(outcome: Dict, path: str) -> None:
     models = outcome["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.2), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for ugs, style in (("off", "-"), ("full", "--")):
+        for ugs, style in (("off", "-"), (outcome["against"], "--")):
             ax.plot(outcome["curves"][(model, ugs)]["cls"], style, label=f"ugs={ugs}")
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("step")
@@ -154,11 +168,15 @@ def add_parser(sub) -> None:
         description=__doc__.split("Example::")[0].strip(),
     )
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"configs/model presets (default: {DEFAULT_MODELS})")
-    p.add_argument("--iters", type=int, default=100, help="SGD steps per run (default: 100)")
-    p.add_argument("--tail", type=int, default=10, help="steps averaged at the end (default: 10)")
+    p.add_argument("--iters", type=int, default=120, help="SGD steps per run (default: 120)")
+    p.add_argument("--tail", type=int, default=20, help="steps averaged at the end (default: 20)")
+    p.add_argument("--against", default="full", help="the configs/ugs preset compared with off (default: full)")
+    p.add_argument("--num-batches", type=int, default=1, help="fixed batches of 2 images, cycled (default: 1)")
     p.add_argument("--out", default=os.path.join("results", "overfit.md"), help="markdown report")
     p.add_argument("--plot", default=os.path.join("results", "overfit.png"), help="PNG of the curves")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides for both runs (e.g. ugs.ur_losses=loc); not ugs=... or model=...")
 
 
 def run_command_line(args, argv: List[str], invoked_as: str) -> Dict:
@@ -173,7 +191,10 @@ def run_command_line(args, argv: List[str], invoked_as: str) -> Dict:
 
     def run() -> Dict:
         try:
-            return run_overfit(models, iters=args.iters, tail=args.tail, log=log)
+            return run_overfit(
+                models, iters=args.iters, tail=args.tail, against=args.against,
+                num_batches=args.num_batches, overrides=args.overrides, log=log,
+            )
         except FloatingPointError as e:
             raise BenchError(str(e)) from None
 

@@ -57,7 +57,7 @@ Across iterations (the faithful probe)
   ``L_loc`` = the sum of its localization losses, chosen by name (:func:`is_localization_loss`):
   ``loss_rpn_loc``, ``loss_box_reg``, ``loss_fcos_loc``, ``loss_box_reg_stage*`` and every key
   starting with ``loss_um`` (UGS's UM terms). Classification and ``loss_ur`` are excluded.
-  Every module attribute ``ur_weight > 0`` (UGSRCNN, the dense UGS detectors) is set to 0 for
+  Every UR setting ``refinement.weight > 0`` (UGSRCNN, the dense UGS detectors) is set to 0 for
   the probe's forward, so UR's second pass is not even computed; were it computed anyway,
   ``loss_ur`` would still be left out by name.
 * **Gradient.** ``G_l = dL_loc / dP_l`` for each backbone output ``P_l`` (the FPN levels,
@@ -102,6 +102,9 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, get_event_storage
+
+from ugs_d2.modeling import refinement
+from ugs_d2.modeling.refinement import RefinementSettings
 
 logger = logging.getLogger(__name__)
 
@@ -368,18 +371,11 @@ class GradVarHook(HookBase):
 PROBES: Tuple[str, ...] = ("across_objects", "across_iterations", "both")
 #: EventStorage prefix of the across-iterations probe's scalars
 FAITHFUL_PREFIX = "gradvar_faithful"
-#: localization loss keys of the detectors (plus ``loss_box_reg_stage*`` and ``loss_um*``)
-LOCALIZATION_KEYS = frozenset({"loss_rpn_loc", "loss_box_reg", "loss_fcos_loc"})
-
-
 def is_localization_loss(key: str) -> bool:
     """True for the losses in ``L_loc``: RPN / ROI / dense-head box losses, Cascade's per-stage
-    box losses and UGS's UM terms; False for classification, centerness and ``loss_ur``."""
-    return (
-        key in LOCALIZATION_KEYS
-        or key.startswith("loss_box_reg_stage")
-        or key.startswith("loss_um")
-    )
+    box losses (:func:`ugs_d2.modeling.refinement.is_localization_loss`) and UGS's UM terms;
+    False for classification, centerness and ``loss_ur``."""
+    return refinement.is_localization_loss(key) or key.startswith("loss_um")
 
 
 def assign_levels(
@@ -531,16 +527,17 @@ def preserved_rng(cuda_devices: Sequence[int] = ()) -> Iterator[None]:
 @contextmanager
 def _without_side_effects(model: torch.nn.Module, seed: int) -> Iterator[None]:
     """The probe's sandbox (see the module docstring): RNGs forked and seeded, buffers restored,
-    UR off (``ur_weight = 0``), train mode, a private EventStorage."""
+    UR off (``refinement.weight = 0``), train mode, a private EventStorage."""
     device = next(model.parameters()).device
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    ur_modules = [
-        m for m in model.modules()
-        if isinstance(getattr(m, "ur_weight", None), (int, float)) and m.ur_weight > 0
+    # UGS meta-architectures hold UR's settings as ``refinement`` (RefinementSettings)
+    ur_settings = [
+        m.refinement for m in model.modules()
+        if isinstance(getattr(m, "refinement", None), RefinementSettings) and m.refinement.weight > 0
     ]
-    saved_ur = [m.ur_weight for m in ur_modules]
+    saved_ur = [r.weight for r in ur_settings]
     was_training = model.training
     try:
         iteration = get_event_storage().iter
@@ -549,14 +546,14 @@ def _without_side_effects(model: torch.nn.Module, seed: int) -> Iterator[None]:
     try:
         with preserved_rng(cuda), EventStorage(iteration):
             torch.manual_seed(seed)
-            for m in ur_modules:
-                m.ur_weight = 0.0
+            for r in ur_settings:
+                r.weight = 0.0
             model.train()
             yield
     finally:
         model.train(was_training)
-        for m, weight in zip(ur_modules, saved_ur):
-            m.ur_weight = weight
+        for r, weight in zip(ur_settings, saved_ur):
+            r.weight = weight
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in buffers:
