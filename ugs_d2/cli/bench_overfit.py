@@ -3,7 +3,9 @@ curves, baseline against full UGS.
 
 For each ``model=`` preset: the same few synthetic images (fixed batches, seed, initial
 weights where the architectures agree), ``--iters`` SGD steps at the embedded schedule's
-learning rate (0.02, linear warmup), once with ``ugs=off`` and once with ``ugs=full``. The
+learning rate per image (0.02 at batch 8, so 0.005 at this batch of 2 by the linear scaling
+rule; 0.02 at batch 2 diverges the RetinaNet baseline itself), linear warmup, once with
+``ugs=off`` and once with ``ugs=full``. The
 classification losses (``loss_cls*``, ``loss_rpn_cls``, ``loss_fcos_cls``) and the total are
 recorded per step; the report compares the mean of the last ``--tail`` steps and draws the
 curves (``--plot``). This is the check that caught UGS stalling RetinaNet: bin CE, UM and UR
@@ -35,7 +37,7 @@ def overfit_curve(
     ugs: str,
     *,
     iters: int,
-    lr: float = 0.02,
+    lr: float = 0.005,
     warmup: int = 20,
     batch_size: int = 2,
     num_batches: int = 1,
@@ -80,7 +82,7 @@ def overfit_curve(
         total.backward()
         optimizer.step()
         curve["cls"].append(classification_loss({k: float(v.detach()) for k, v in losses.items()}))
-        curve["total"].append(float(total))
+        curve["total"].append(float(total.detach()))
         if step % 20 == 0:
             log(f"{model_preset} ugs={ugs} step {step}: cls {curve['cls'][-1]:.3f}, total {curve['total'][-1]:.3f}")
     return curve
@@ -92,6 +94,7 @@ def run_overfit(
     iters: int,
     tail: int,
     against: str = "full",
+    lr: float = 0.005,
     num_batches: int = 1,
     overrides: Sequence[str] = (),
     log,
@@ -101,11 +104,11 @@ def run_overfit(
     for model in models:
         for ugs in ("off", against):
             curves[(model, ugs)] = overfit_curve(
-                model, ugs, iters=iters, num_batches=num_batches,
+                model, ugs, iters=iters, lr=lr, num_batches=num_batches,
                 overrides=[*SMALL_INPUT, *overrides], log=log,
             )
     return {"curves": curves, "models": list(models), "iters": iters, "tail": tail, "against": against,
-            "num_batches": num_batches, "overrides": list(overrides)}
+            "num_batches": num_batches, "lr": lr, "overrides": list(overrides)}
 
 
 def _tail_mean(values: List[float], tail: int) -> float:
@@ -120,7 +123,7 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
         f"- command: `{command}`",
         f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
         + " / ".join(f"{x:.2f}" for x in loads),
-        f"- {outcome['iters']} SGD steps (lr 0.02, momentum 0.9, 20 warmup steps) on "
+        f"- {outcome['iters']} SGD steps (lr {outcome['lr']}, momentum 0.9, 20 warmup steps) on "
         f"{outcome['num_batches']} fixed batch(es) of 2 synthetic 128 px images, same seed; mean of the last "
         f"{tail} steps; overrides: {' '.join(outcome.get('overrides') or []) or '(none)'}",
         "",
@@ -172,6 +175,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tail", type=int, default=20, help="steps averaged at the end (default: 20)")
     p.add_argument("--against", default="full", help="the configs/ugs preset compared with off (default: full)")
     p.add_argument("--num-batches", type=int, default=1, help="fixed batches of 2 images, cycled (default: 1)")
+    p.add_argument("--lr", type=float, default=0.005,
+                   help="SGD learning rate (default: 0.005 = the embedded 0.02 at batch 8, scaled to 2)")
     p.add_argument("--out", default=os.path.join("results", "overfit.md"), help="markdown report")
     p.add_argument("--plot", default=os.path.join("results", "overfit.png"), help="PNG of the curves")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -192,7 +197,7 @@ def run_command_line(args, argv: List[str], invoked_as: str) -> Dict:
     def run() -> Dict:
         try:
             return run_overfit(
-                models, iters=args.iters, tail=args.tail, against=args.against,
+                models, iters=args.iters, tail=args.tail, against=args.against, lr=args.lr,
                 num_batches=args.num_batches, overrides=args.overrides, log=log,
             )
         except FloatingPointError as e:
