@@ -139,10 +139,10 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
     Returns the results dict (Hydra's multirun keeps it as the job's return value).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils.env import seed_all_rng
 
     from ugs_d2.compat import describe_detectron2
+    from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from ugs_d2.engine.trainer import UGSTrainer
 
     os.makedirs(output_dir, exist_ok=True)
@@ -166,9 +166,15 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     start = time.perf_counter()
     if cfg.eval_only:
         model = UGSTrainer.build_model(d2_cfg)
-        DetectionCheckpointer(model, save_dir=output_dir).resume_or_load(
-            d2_cfg.MODEL.WEIGHTS, resume=bool(cfg.resume)
-        )
+        checkpointer = AtomicCheckpointer(model, save_dir=output_dir)
+        if cfg.resume and checkpointer.has_checkpoint():
+            checkpointer.resume_or_load(d2_cfg.MODEL.WEIGHTS, resume=True)
+        elif d2_cfg.MODEL.WEIGHTS:  # the whole detector must come from the file
+            checkpointer.load_checked(d2_cfg.MODEL.WEIGHTS, complete=True, checkpointables=[])
+        else:
+            raise ConfigError(
+                f"eval_only: nothing to evaluate: no checkpoint in {output_dir}; give model.weights=FILE"
+            )
         eval_results = UGSTrainer.test(d2_cfg, model)
         iterations = 0
     else:
@@ -207,7 +213,9 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
     from torch.multiprocessing import ProcessRaisedException
 
     from ugs_d2.config import resolve_device
+    from ugs_d2.engine.checkpoint import CheckpointError
     from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
+    from ugs_d2.engine.trainer import TrainingDiverged, one_line_error
 
     try:
         # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
@@ -220,13 +228,48 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
             this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
             use_cuda=resolve_device(cfg.device) == "cuda",
         )
-    except (ConfigError, DatasetError, LaunchConfigError) as e:
-        raise failure(f"ugs-train: {e}") from None  # SystemExit; RuntimeError in a submitit job
+    except (ConfigError, DatasetError, LaunchConfigError, CheckpointError, TrainingDiverged) as e:
+        # SystemExit; RuntimeError in a submitit job. A DatasetError re-raised from a data-loader
+        # worker carries the worker's traceback: one_line_error keeps its last line.
+        raise failure(f"ugs-train: {one_line_error(e)}") from None
     except ProcessRaisedException as e:  # a spawned rank failed; its traceback is printed above
         last = str(e).strip().splitlines()[-1]  # "pkg.module.DatasetError: dataset.root: ..."
-        if re.match(r"^[\w.]+\.(ConfigError|DatasetError): ", last):
+        if re.match(r"^[\w.]+\.(ConfigError|DatasetError|CheckpointError|TrainingDiverged): ", last):
             last = last.split(": ", 1)[1]
         raise failure(f"ugs-train: {last}") from None
+    except Exception as e:  # an image detectron2's reader could not read, mid-training
+        line = one_line_error(e, known_only=True)
+        if line is None:
+            raise
+        raise failure(f"ugs-train: {line}") from None
+
+
+HYDRA_SUBDIR = ".hydra"
+
+
+def save_hydra_files(cfg: DictConfig, output_dir: str) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, written here instead
+    (``hydra.output_subdir: null``): only after the run directory's lock is held, so that a
+    refused second command never rewrites the running one's config; each file atomically."""
+    from ugs_d2.fileio import write_text_atomic
+
+    hydra_cfg = HydraConfig.get()
+    directory = os.path.join(output_dir, HYDRA_SUBDIR)
+    write_text_atomic(os.path.join(directory, "config.yaml"), OmegaConf.to_yaml(cfg))
+    write_text_atomic(os.path.join(directory, "hydra.yaml"), OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    write_text_atomic(os.path.join(directory, "overrides.yaml"), OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def remove_stale_temp_files(output_dir: str) -> None:
+    """Temporary files a killed run left in the run directory (``.tmp-*``: a checkpoint, results
+    being written); only the lock holder may remove them."""
+    from ugs_d2.fileio import TMP_PREFIX
+
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+            logger.info(f"removing {path}, left by an interrupted run")
+            os.remove(path)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -240,6 +283,9 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
             return None
         raise SystemExit(f"ugs-train: {message}; wait for it, or give this run another name=")
     try:
+        if os.environ.get("SLURM_PROCID", "0") == "0":  # one writer per run directory
+            save_hydra_files(cfg, output_dir)
+            remove_stale_temp_files(output_dir)
         results = _launch(cfg, output_dir)
     finally:
         lock.release()
@@ -256,7 +302,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (CommandLineError, ConfigError) as e:
         raise SystemExit(f"ugs-train: {e}") from None
     sys.argv = [sys.argv[0]] + argv
-    hydra_main()
+    from ugs_d2.interrupts import interruptible
+
+    # Ctrl-C / SIGTERM: one line, exit 130 / 143; the checkpoints are atomic, so the same
+    # command continues from the last one
+    with interruptible("ugs-train", "rerun the same command to continue from the last checkpoint"):
+        hydra_main()
 
 
 if __name__ == "__main__":

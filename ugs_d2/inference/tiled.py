@@ -517,8 +517,9 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     Raises:
         FileNotFoundError: the config or the weights are missing (one line).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    from ugs_d2.engine.checkpoint import load_weights
 
     cfg = read_run_config(run_dir_or_config_yaml)
     config_dir = run_dir_or_config_yaml if os.path.isdir(run_dir_or_config_yaml) else os.path.dirname(run_dir_or_config_yaml)
@@ -529,7 +530,7 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    load_weights(model, weights, complete=True)  # CheckpointError (one line) unless it fits
     model.eval()
     model.ugs_cfg = cfg
     model.ugs_test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
