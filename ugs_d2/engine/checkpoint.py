@@ -84,7 +84,10 @@ def check_loaded(incompatible, model_keys: List[str], path: str, complete: bool)
     shape_text = lambda items: _first(  # noqa: E731
         [f"{k} {tuple(c)} in the file vs {tuple(m)} in the model" for k, c, m in items], 2
     )
-    loaded = len(set(model_keys) - set(missing) - {k for k, _, _ in shapes})
+    # never reported missing: pixel_mean/pixel_std (detectron2: from the config) and BatchNorm's
+    # num_batches_tracked (fvcore), so they do not count as loaded either
+    unreported = {k for k in model_keys if k in ("pixel_mean", "pixel_std") or k.endswith("num_batches_tracked")}
+    loaded = len(set(model_keys) - set(missing) - {k for k, _, _ in shapes} - unreported)
     if loaded == 0:
         raise CheckpointError(
             f"{path}: no parameter of the model is in this checkpoint (a checkpoint of another "
@@ -112,7 +115,7 @@ def check_loaded(incompatible, model_keys: List[str], path: str, complete: bool)
     if not fresh:
         return None
     return (
-        f"{path}: loaded {loaded} of {len(model_keys)} parameters; {len(fresh)} start from their "
+        f"{path}: loaded {loaded} of {len(model_keys) - len(unreported)} parameters; {len(fresh)} start from their "
         f"initialisation ({_first(fresh)})"
     )
 

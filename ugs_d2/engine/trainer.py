@@ -23,7 +23,10 @@ class TrainingDiverged(FloatingPointError):
     """A training loss became NaN or infinite; the message names the loss and the iteration."""
 
 
-_SIZE_MISMATCH = re.compile(r"image (?P<file>.+), got \((?P<h>\d+), (?P<w>\d+)\), expect \((?P<H>\d+), (?P<W>\d+)\)")
+# detectron2's check_image_size: "Mismatched image shape for image F, got (w, h), expect (w, h)."
+_SIZE_MISMATCH = re.compile(
+    r"for image (?P<file>.+?), got \((?P<w>\d+), (?P<h>\d+)\), expect \((?P<W>\d+), (?P<H>\d+)\)"
+)
 
 
 def one_line_error(error: BaseException, known_only: bool = False) -> Optional[str]:
@@ -120,7 +123,8 @@ class UGSTrainer(DefaultTrainer):
         except TrainingDiverged:
             raise
         except FloatingPointError as e:  # raised inside the forward (e.g. the RPN's NaN boxes)
-            first = (str(e).strip().splitlines() or ["non-finite values"])[0].rstrip(".")
+            first = (str(e).strip().splitlines() or ["non-finite values"])[0]
+            first = re.sub(r"\s*Training has diverged\.?", "", first).rstrip(".")
             raise TrainingDiverged(
                 f"training diverged: {first} at iteration {self.iter} (raised in the forward pass, "
                 "before the losses: lower schedule.base_lr or set ugs.grad_clip_norm)"
