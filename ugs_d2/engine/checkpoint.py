@@ -147,7 +147,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
         assert os.path.basename(save_file) == basename, basename
         self.logger.info(f"Saving checkpoint to {save_file}")
         os.makedirs(self.save_dir, exist_ok=True)
-        write_atomic(save_file, lambda f: torch.save(data, f), durable=True)
+        try:
+            write_atomic(save_file, lambda f: torch.save(data, f), durable=True)
+        except (OSError, RuntimeError) as e:  # a full disk: ENOSPC, or torch's "file write failed"
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+            previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            kept = f"{previous} is intact" if previous else "no earlier checkpoint"
+            raise CheckpointError(
+                f"{save_file}: checkpoint not written ({reason}); {kept}: free space and rerun "
+                "the same command to continue"
+            ) from None
         self.tag_last_checkpoint(basename)
 
     def _load_file(self, filename: str):
