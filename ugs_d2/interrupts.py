@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Iterator
 
-__all__ = ["Terminated", "interruptible"]
+__all__ = ["Terminated", "interruptible", "reraise_if_interrupted"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -26,8 +26,24 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_received = []  # the signals received inside interruptible(), in order
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received.append(signal.SIGTERM)
     raise Terminated()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    _received.append(signal.SIGINT)
+    raise KeyboardInterrupt()
+
+
+def reraise_if_interrupted() -> None:
+    """Re-raise a Ctrl-C / SIGTERM that C++ code turned into another exception (``torch.save``
+    reports a ``KeyboardInterrupt`` raised in its write callback as a ``RuntimeError``)."""
+    if _received:
+        raise Terminated() if _received[-1] == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -41,6 +57,8 @@ def interruptible(prog: str, hint: str = "") -> Iterator[None]:
     """
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt) if main_thread else None
+    del _received[:]
     try:
         yield
     except KeyboardInterrupt as e:
@@ -52,3 +70,4 @@ def interruptible(prog: str, hint: str = "") -> Iterator[None]:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)

@@ -297,16 +297,16 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: validate the command line (one-line errors), then hand it to Hydra."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        validate_command_line(argv)
-    except (CommandLineError, ConfigError) as e:
-        raise SystemExit(f"ugs-train: {e}") from None
-    sys.argv = [sys.argv[0]] + argv
     from ugs_d2.interrupts import interruptible
 
     # Ctrl-C / SIGTERM: one line, exit 130 / 143; the checkpoints are atomic, so the same
     # command continues from the last one
     with interruptible("ugs-train", "rerun the same command to continue from the last checkpoint"):
+        try:
+            validate_command_line(argv)
+        except (CommandLineError, ConfigError) as e:
+            raise SystemExit(f"ugs-train: {e}") from None
+        sys.argv = [sys.argv[0]] + argv
         hydra_main()
 
 

@@ -124,6 +124,28 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
+class _RecordingWriter:
+    """The file object given to ``torch.save``, keeping the exception a ``write`` raised."""
+
+    def __init__(self):
+        self.error = None
+        self._file = None
+
+    def wrap(self, file):
+        self._file = file
+        return self
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self._file.flush()
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose ``save`` and ``tag_last_checkpoint`` are atomic.
 
@@ -147,10 +169,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
         assert os.path.basename(save_file) == basename, basename
         self.logger.info(f"Saving checkpoint to {save_file}")
         os.makedirs(self.save_dir, exist_ok=True)
+        writer = _RecordingWriter()
         try:
-            write_atomic(save_file, lambda f: torch.save(data, f), durable=True)
+            write_atomic(save_file, lambda f: torch.save(data, writer.wrap(f)), durable=True)
         except (OSError, RuntimeError) as e:  # a full disk: ENOSPC, or torch's "file write failed"
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+            from ugs_d2.interrupts import reraise_if_interrupted
+
+            # torch.save reports what its write callback raised as a RuntimeError ("unexpected
+            # pos ..."): the writer kept the original (a Ctrl-C / SIGTERM, or the OSError)
+            if isinstance(writer.error, KeyboardInterrupt):
+                raise writer.error from None
+            reraise_if_interrupted()
+            error = writer.error if isinstance(writer.error, OSError) else e
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[0]
             previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
             kept = f"{previous} is intact" if previous else "no earlier checkpoint"
             raise CheckpointError(
