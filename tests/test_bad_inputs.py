@@ -125,6 +125,7 @@ TRAIN_CASES = [
     ("fractional_height", None, _image_field("height", 127.5), None, ["images[0].height"]),
     ("duplicate_annotation_id", None, _duplicate_annotation_id, None,
      ["annotations[1] repeats annotation id"]),
+    ("nan_box_in_val", None, ("val", _set_bbox(float("nan"))), None, ["val.json", "annotations[0].bbox"]),
     ("no_usable_box", None, _no_boxes, None, ["train.json", "no usable box"]),
     ("crowd_only", None, _crowd_only, None, ["train.json", "no usable box"]),
     ("zero_byte_image", None, None, _replace_first_image(b""), ["000001.png", "unreadable image"]),
@@ -148,7 +149,8 @@ def train_failures(tiny_dataset, tmp_path_factory):
         if edit is not None or prepare is not None:
             root = _copy_dataset(tiny_dataset, str(base / f"data_{case}"))
             if edit is not None:
-                _edit_json(root, "train", edit)
+                split, edit = edit if isinstance(edit, tuple) else ("train", edit)
+                _edit_json(root, split, edit)
             if prepare is not None:
                 prepared = prepare(root)
         run_dir = base / f"run_{case}"
@@ -256,14 +258,24 @@ def test_ugs_predict_refuses_bad_or_mismatched_weights(trained_run, tiny_dataset
     ]
     jobs = [(PREDICT, [trained_run, images, "--out", tmp_path / f"{name}.json", "--weights", weights, "--device", "cpu"], tmp_path)
             for name, weights, _ in cases]
-    jobs.append((PREDICT, [trained_run, images, "--out", tmp_path / "zero.json", "--tiled", "--max-detections", "0"], tmp_path))
-    jobs.append((PREDICT, [trained_run, images, "--out", tmp_path / "untiled.json", "--max-detections", "5"], tmp_path))
+    (tmp_path / "a_file").write_text("x")
+    usage = [
+        (["--out", tmp_path / "zero.json", "--tiled", "--max-detections", "0"], ["--max-detections", "positive"]),
+        (["--out", tmp_path / "untiled.json", "--max-detections", "5"], ["--max-detections", "--tiled"]),
+        (["--out", tmp_path], ["--out", "exists and is not a file name"]),
+        (["--out", tmp_path / "a_file" / "dets.json"], ["--out", "not a writable directory"]),
+        (["--out", tmp_path / "v.json", "--vis", tmp_path / "a_file"], ["--vis", "exists and is not a directory"]),
+    ]
+    jobs += [(PREDICT, [trained_run, images, *argv], tmp_path) for argv, _ in usage]
+    jobs.append((PREDICT, [trained_run, tmp_path / "no_images_here", "--out", tmp_path / "n.json"], tmp_path))
     procs = run_batch(jobs)
     for (name, _, expected), proc in zip(cases, procs):
         assert_one_line_failure(proc, "ugs-predict", *expected)
         assert not (tmp_path / f"{name}.json").exists()
-    assert_one_line_failure(procs[-2], "ugs-predict", "--max-detections", "positive")
-    assert_one_line_failure(procs[-1], "ugs-predict", "--max-detections", "--tiled")
+    for (_, expected), proc in zip(usage, procs[len(cases):]):
+        assert_one_line_failure(proc, "ugs-predict", *expected)
+    assert_one_line_failure(procs[-1], "ugs-predict", "no_images_here", "no such image file or directory")
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".json")]
 
 
 def test_truncated_last_checkpoint_falls_back_to_an_intact_one(trained_run, tiny_dataset, tmp_path):

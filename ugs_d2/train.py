@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
-from ugs_d2.data.datasets import DatasetError, register_dataset, split_names
+from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
 
 logger = logging.getLogger("ugs_d2")
@@ -156,6 +156,8 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     from detectron2.data import MetadataCatalog
 
     register_dataset(cfg.dataset, tiling=cfg.get("tiling"))  # tiling.train: the tiled train split
+    if not cfg.eval_only:
+        check_usable_boxes(split_names(cfg.dataset)[0])
     train_classes = MetadataCatalog.get(split_names(cfg.dataset)[0][0]).thing_classes
     d2_cfg = to_detectron2_cfg(cfg, output_dir, num_classes=len(train_classes))
     with open(os.path.join(output_dir, "detectron2_config.yaml"), "w") as f:

@@ -88,6 +88,18 @@ def to_coco_results(instances, image_key: Dict, category_ids: Optional[List[int]
     return results
 
 
+def _check_output(option: str, path: str, directory: bool) -> None:
+    """An output must be creatable: of the right kind if it exists, under a writable directory."""
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        expected = "a directory" if directory else "a file name"
+        raise SystemExit(f"{PROG}: {option} {path} exists and is not {expected}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"{PROG}: {option} {path} cannot be written ({parent} is not a writable directory)")
+
+
 def _dataset_info(run_dir: str, dataset_json: Optional[str]) -> Tuple[Optional[List[int]], List[str], Dict[str, int], str]:
     """``(category ids by contiguous index, class names, {file basename: image id}, note)``.
 
@@ -200,6 +212,9 @@ def _predict(args: argparse.Namespace) -> None:
         raise SystemExit(f"{PROG}: {e}") from None
     if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
         raise SystemExit(f"{PROG}: --score-thresh: expected a number in [0, 1], got {args.score_thresh}")
+    _check_output("--out", args.out, directory=False)  # before the model runs, not after
+    if args.vis:
+        _check_output("--vis", args.vis, directory=True)
 
     import torch
     from tqdm import tqdm

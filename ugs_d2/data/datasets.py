@@ -52,6 +52,7 @@ __all__ = [
     "DatasetError",
     "GIGANTIC_IMAGE_SIDE",
     "UGS_DATASETS_ENV",
+    "check_usable_boxes",
     "load_coco_detection",
     "read_image",
     "register_coco_detection",
@@ -228,8 +229,10 @@ def register_coco_detection(name: str, json_file: str, image_root: str, preload:
     _warn_gigantic(json_file, data["images"], image_root)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     pending: Dict[str, List[Dict]] = {}
+    usable = None
     if preload:
         pending["records"] = load_coco_detection(json_file, image_root)
+        usable = sum(a.get("iscrowd", 0) == 0 for r in pending["records"] for a in r["annotations"])
 
     def load() -> List[Dict]:
         records = pending.pop("records", None)  # handed out once: detectron2 may modify them
@@ -244,6 +247,8 @@ def register_coco_detection(name: str, json_file: str, image_root: str, preload:
         image_root=image_root,
         evaluator_type="coco",
     )
+    if usable is not None:
+        MetadataCatalog.get(name).set(usable_boxes=usable)  # read by check_usable_boxes
     return pending.get("records")
 
 
@@ -394,11 +399,11 @@ def _visdrone_hint(root: str, json_root: str) -> str:
 
 
 def _register_split(
-    dataset_cfg, fmt: str, name: str, spec, root: str, json_root: str, train: bool = False
+    dataset_cfg, fmt: str, name: str, spec, root: str, json_root: str, preload: bool = False
 ) -> str:
     """Register one split; returns its annotation source (json path or VOC directory).
 
-    ``train``: a training split (read now, and it must hold at least one usable box)."""
+    ``preload``: read every record now (a bad box fails before training, not at evaluation)."""
     if fmt == "voc":
         for key in ("dir", "split", "year"):
             if spec.get(key) is None:
@@ -430,19 +435,20 @@ def _register_split(
     if dataset_cfg.get("reader", "ugs") == "detectron2":
         _register_coco_with_detectron2(name, json_file, image_root, dataset_cfg.get("builtin_metadata"))
     else:
-        records = register_coco_detection(name, json_file, image_root, preload=train)
-        if train:
-            _check_usable_boxes(name, json_file, records)
+        register_coco_detection(name, json_file, image_root, preload=preload)
     return json_file
 
 
-def _check_usable_boxes(name: str, json_file: str, records: Sequence[Dict]) -> None:
-    """detectron2 trains only on images with a non-crowd box; with none it fails with a bare
-    ``AssertionError: No valid data found``. Say which file and why, before training."""
-    if any(a.get("iscrowd", 0) == 0 for r in records for a in r["annotations"]):
+def check_usable_boxes(train_names: Sequence[str]) -> None:
+    """detectron2 trains only on images with a non-crowd box; with none in any training split it
+    fails with a bare ``AssertionError: No valid data found``. Say which files, before training.
+    Splits whose records were not read at registration (other readers, tiles) are not judged."""
+    counts = [MetadataCatalog.get(name).get("usable_boxes") for name in train_names]
+    if not counts or any(c is None for c in counts) or sum(counts) > 0:
         return
+    files = ", ".join(str(MetadataCatalog.get(n).get("json_file")) for n in train_names)
     raise DatasetError(
-        f"{json_file}: no usable box in the {len(records)} images of training split {name} "
+        f"{files}: no usable box in training split {', '.join(train_names)} "
         "(no annotations, or only crowd / zero-size boxes)"
     )
 
@@ -517,7 +523,7 @@ def register_dataset(dataset_cfg, tiling=None) -> Dict[str, str]:
             logger.info(f"dataset split {name}: files not found, not registered")
             continue
         registered[name] = _register_split(
-            dataset_cfg, fmt, name, spec, root, json_root, train=name in train_names and tiling_off
+            dataset_cfg, fmt, name, spec, root, json_root, preload=name in test_names or (name in train_names and tiling_off)
         )
     if tiling is not None:  # tiling.train.enabled: train on the cached tiles (ugs_d2/data/tiling.py)
         from ugs_d2.data.tiling import register_tiled_train_splits
