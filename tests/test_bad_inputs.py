@@ -338,3 +338,20 @@ def test_tiled_prediction_keeps_more_than_the_per_tile_limit(trained_run, tmp_pa
         assert "detection budget" not in procs[0].stderr
     assert len(json.loads((tmp_path / "cut.json").read_text())) == 7
     assert "detection budget (--max-detections) kept 7 of " in procs[1].stderr
+
+
+def test_steps_and_warmup_past_max_iter_are_a_warning_line(caplog):
+    """Quick runs shorten schedule.max_iter on purpose, so steps past it are not an error, but
+    the run says that the learning rate is then never decayed (detectron2 drops them quietly)."""
+    import logging
+
+    from ugs_d2.cli.validate import _compose
+    from ugs_d2.config import to_detectron2_cfg
+
+    cfg = _compose(["schedule.max_iter=20", "device=cpu"])  # cpu_default: steps [500, 640], warm-up 100
+    with caplog.at_level(logging.WARNING, logger="ugs_d2"):
+        to_detectron2_cfg(cfg)  # the command-line check: silent
+        assert caplog.text == ""
+        to_detectron2_cfg(cfg, output_dir="run")
+    assert "schedule.steps: [500, 640] at or after schedule.max_iter=20: the learning rate is not decayed there" in caplog.text
+    assert "schedule.warmup_iters=100 > schedule.max_iter=20" in caplog.text
