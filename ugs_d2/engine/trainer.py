@@ -10,7 +10,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
 
 from ugs_d2 import compat
-from ugs_d2.engine.checkpoint import AtomicCheckpointer
+from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.engine.checkpoint import AtomicCheckpointer, CheckpointError
 from ugs_d2.engine.wandb_writer import build_wandb_writer
 from ugs_d2.evaluation.metrics import repair_truncated_tail
 
@@ -67,10 +68,6 @@ class _QuietOneLineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and str(record.msg).startswith("Exception during training"):
             error = record.exc_info[1]
-            from ugs_d2.data.coco_json import DatasetError
-
-            from ugs_d2.engine.checkpoint import CheckpointError
-
             if isinstance(error, (DatasetError, TrainingDiverged, CheckpointError)):
                 return False
             if one_line_error(error, known_only=True) is not None:
@@ -176,8 +173,6 @@ class UGSTrainer(DefaultTrainer):
         except AssertionError as e:  # detectron2's "No valid data found in <names>."
             if "No valid data found" not in str(e):
                 raise
-            from ugs_d2.data.coco_json import DatasetError
-
             raise DatasetError(
                 f"dataset.train: no usable box in {', '.join(cfg.DATASETS.TRAIN)} (every image is "
                 "empty, crowd-only or was filtered out)"
