@@ -127,14 +127,13 @@ def test_verify_images_finds_truncated_and_resized_files(tmp_path):
 
 
 def test_gigantic_images_are_reported_at_registration(tmp_path, caplog):
-    # the json's sizes are enough: the pixels are not read for this check
-    train = _coco_split(str(tmp_path), "train", [("a.png", 16, 16)], CATS)
+    # the json's sizes, confirmed by the file headers only (the pixels are not decoded)
+    train = _coco_split(str(tmp_path), "train", [("a.png", 16, 16), ("wide.png", GIGANTIC_IMAGE_SIDE + 1, 3000, "L"),
+                                                 ("huge.png", 5000, 5000, "L")], CATS)
     with open(train) as f:
         data = json.load(f)
-    data["images"] += [
-        {"id": 2, "file_name": "a.png", "width": GIGANTIC_IMAGE_SIDE + 1, "height": 3000},
-        {"id": 3, "file_name": "a.png", "width": 5000, "height": 5000},
-        {"id": 4, "file_name": "a.png", "width": GIGANTIC_IMAGE_SIDE, "height": GIGANTIC_IMAGE_SIDE},  # at the limit
+    data["images"] += [  # at the limit: not gigantic, and its header is not read
+        {"id": 4, "file_name": "a.png", "width": GIGANTIC_IMAGE_SIDE, "height": GIGANTIC_IMAGE_SIDE},
     ]
     with open(train, "w") as f:
         json.dump(data, f)
@@ -142,10 +141,17 @@ def test_gigantic_images_are_reported_at_registration(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ugs_d2.data.datasets"):
         register_dataset(_coco_cfg(tmp_path))
     assert (
-        f"{train}: 2 image(s) with a side over {GIGANTIC_IMAGE_SIDE} px (largest 5000x5000: a.png); "
+        f"{train}: 2 image(s) with a side over {GIGANTIC_IMAGE_SIDE} px (largest 5000x5000: huge.png); "
         "small objects vanish when such images are resized to the model input: cut them into tiles with ugs-tile"
     ) in caplog.text
     assert "val.json: " not in caplog.text
+
+    # a json that only claims a gigantic size is named as such, without the tiling hint
+    data["images"][0].update(width=5000, height=5000)
+    with open(train, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(DatasetError, match=f"^{tmp_path}/images/a.png: image is 16x16 but {train} says 5000x5000$"):
+        register_dataset(_coco_cfg(tmp_path))
 
 
 def test_grayscale_and_alpha_images_train_as_three_channels(tmp_path):

@@ -9,6 +9,7 @@ detector-specific keys to ``projects/NAME/<name>/``'s ``from_hydra``; the bridge
 Faster R-CNN's ``model.rpn``/``model.roi`` only for an R-CNN meta-architecture.
 """
 import importlib
+import math
 import os
 import re
 import sys
@@ -60,6 +61,8 @@ def _integer(value: Any) -> int:
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("a number")
+    if not math.isfinite(value):  # nan/inf: every range check after this would pass or mislead
+        raise TypeError("a finite number")
     return float(value)
 
 
@@ -260,6 +263,8 @@ def to_detectron2_cfg(
     for key in ("ims_per_batch", "max_iter", "checkpoint_period"):
         if get(f"schedule.{key}", integer) < 1:
             raise ConfigError(f"schedule.{key}: expected a positive integer")
+    _check_schedule(d2, warn=bool(output_dir))  # optimiser values, before torch sees them
+    _check_weights_path(d2.MODEL.WEIGHTS)
 
     # UGS (Table 6 rows); the architecture names follow from these keys
     for stage in ("rpn", "roi"):
@@ -338,6 +343,51 @@ def to_detectron2_cfg(
 
     d2.freeze()
     return d2
+
+
+def _check_schedule(d2: CfgNode, warn: bool = False) -> None:
+    """The optimiser's values are finite and in range (torch would fail with a traceback, or
+    train silently wrong). ``warn``: log steps/warm-up past ``max_iter`` (a real run only)."""
+    solver = d2.SOLVER
+    checks = (
+        ("schedule.base_lr", solver.BASE_LR, lambda v: v > 0, "a finite number > 0"),
+        ("schedule.momentum", solver.MOMENTUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        ("schedule.weight_decay", solver.WEIGHT_DECAY, lambda v: v >= 0, "a finite number >= 0"),
+        ("schedule.warmup_iters", solver.WARMUP_ITERS, lambda v: v >= 0, "an integer >= 0"),
+        ("schedule.eval_period", d2.TEST.EVAL_PERIOD, lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    )
+    for key, value, ok, expected in checks:
+        if not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value}")
+    steps = list(solver.STEPS)
+    if any(s < 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"schedule.steps: expected increasing positive iterations, got {steps}")
+    if not warn:
+        return
+    import logging
+
+    late = [s for s in steps if s >= solver.MAX_ITER]
+    if late:
+        logging.getLogger("ugs_d2").warning(
+            f"schedule.steps: {late} at or after schedule.max_iter={solver.MAX_ITER}: "
+            f"the learning rate is not decayed there"
+        )
+    if solver.WARMUP_ITERS > solver.MAX_ITER:
+        logging.getLogger("ugs_d2").warning(
+            f"schedule.warmup_iters={solver.WARMUP_ITERS} > schedule.max_iter={solver.MAX_ITER}: "
+            f"the learning rate never reaches schedule.base_lr"
+        )
+
+
+def _check_weights_path(weights: str) -> None:
+    """A local ``model.weights`` must be an existing file (URLs, ``detectron2://``: at load)."""
+    if not weights or "://" in weights:
+        return
+    path = os.path.expanduser(weights)
+    if os.path.isdir(path):
+        raise ConfigError(f"model.weights: {weights} is a directory, expected a checkpoint file (.pth/.pkl)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.weights: checkpoint file {weights} not found")
 
 
 def _size_pair(value: Any) -> list:

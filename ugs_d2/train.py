@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
-from ugs_d2.data.datasets import DatasetError, register_dataset, split_names
+from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
 
 logger = logging.getLogger("ugs_d2")
@@ -156,6 +156,8 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     from detectron2.data import MetadataCatalog
 
     register_dataset(cfg.dataset, tiling=cfg.get("tiling"))  # tiling.train: the tiled train split
+    if not cfg.eval_only:
+        check_usable_boxes(split_names(cfg.dataset)[0])
     train_classes = MetadataCatalog.get(split_names(cfg.dataset)[0][0]).thing_classes
     d2_cfg = to_detectron2_cfg(cfg, output_dir, num_classes=len(train_classes))
     with open(os.path.join(output_dir, "detectron2_config.yaml"), "w") as f:
@@ -166,9 +168,15 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     start = time.perf_counter()
     if cfg.eval_only:
         model = UGSTrainer.build_model(d2_cfg)
-        AtomicCheckpointer(model, save_dir=output_dir).resume_or_load(
-            d2_cfg.MODEL.WEIGHTS, resume=bool(cfg.resume)
-        )
+        checkpointer = AtomicCheckpointer(model, save_dir=output_dir)
+        if cfg.resume and checkpointer.has_checkpoint():
+            checkpointer.resume_or_load(d2_cfg.MODEL.WEIGHTS, resume=True)
+        elif d2_cfg.MODEL.WEIGHTS:  # the whole detector must come from the file
+            checkpointer.load_checked(d2_cfg.MODEL.WEIGHTS, complete=True, checkpointables=[])
+        else:
+            raise ConfigError(
+                f"eval_only: nothing to evaluate: no checkpoint in {output_dir}; give model.weights=FILE"
+            )
         eval_results = UGSTrainer.test(d2_cfg, model)
         iterations = 0
     else:
@@ -207,7 +215,9 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
     from torch.multiprocessing import ProcessRaisedException
 
     from ugs_d2.config import resolve_device
+    from ugs_d2.engine.checkpoint import CheckpointError
     from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
+    from ugs_d2.engine.trainer import TrainingDiverged, one_line_error
     from ugs_d2.modeling.stage import GridMismatchError
 
     try:
@@ -221,13 +231,48 @@ def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
             this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
             use_cuda=resolve_device(cfg.device) == "cuda",
         )
-    except (ConfigError, DatasetError, LaunchConfigError, GridMismatchError) as e:
-        raise failure(f"ugs-train: {e}") from None  # SystemExit; RuntimeError in a submitit job
+    except (ConfigError, DatasetError, LaunchConfigError, CheckpointError, GridMismatchError, TrainingDiverged) as e:
+        # SystemExit; RuntimeError in a submitit job. A DatasetError re-raised from a data-loader
+        # worker carries the worker's traceback: one_line_error keeps its last line.
+        raise failure(f"ugs-train: {one_line_error(e)}") from None
     except ProcessRaisedException as e:  # a spawned rank failed; its traceback is printed above
         last = str(e).strip().splitlines()[-1]  # "pkg.module.DatasetError: dataset.root: ..."
-        if re.match(r"^[\w.]+\.(ConfigError|DatasetError|GridMismatchError): ", last):
+        if re.match(r"^[\w.]+\.(ConfigError|DatasetError|CheckpointError|GridMismatchError|TrainingDiverged): ", last):
             last = last.split(": ", 1)[1]
         raise failure(f"ugs-train: {last}") from None
+    except Exception as e:  # an image detectron2's reader could not read, mid-training
+        line = one_line_error(e, known_only=True)
+        if line is None:
+            raise
+        raise failure(f"ugs-train: {line}") from None
+
+
+HYDRA_SUBDIR = ".hydra"
+
+
+def save_hydra_files(cfg: DictConfig, output_dir: str) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, written here instead
+    (``hydra.output_subdir: null``): only after the run directory's lock is held, so that a
+    refused second command never rewrites the running one's config; each file atomically."""
+    from ugs_d2.fileio import write_text_atomic
+
+    hydra_cfg = HydraConfig.get()
+    directory = os.path.join(output_dir, HYDRA_SUBDIR)
+    write_text_atomic(os.path.join(directory, "config.yaml"), OmegaConf.to_yaml(cfg))
+    write_text_atomic(os.path.join(directory, "hydra.yaml"), OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    write_text_atomic(os.path.join(directory, "overrides.yaml"), OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def remove_stale_temp_files(output_dir: str) -> None:
+    """Temporary files a killed run left in the run directory (``.tmp-*``: a checkpoint, results
+    being written); only the lock holder may remove them."""
+    from ugs_d2.fileio import TMP_PREFIX
+
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+            logger.info(f"removing {path}, left by an interrupted run")
+            os.remove(path)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -241,6 +286,9 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
             return None
         raise SystemExit(f"ugs-train: {message}; wait for it, or give this run another name=")
     try:
+        if os.environ.get("SLURM_PROCID", "0") == "0":  # one writer per run directory
+            save_hydra_files(cfg, output_dir)
+            remove_stale_temp_files(output_dir)
         results = _launch(cfg, output_dir)
     finally:
         lock.release()
@@ -252,12 +300,17 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: validate the command line (one-line errors), then hand it to Hydra."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        validate_command_line(argv)
-    except (CommandLineError, ConfigError) as e:
-        raise SystemExit(f"ugs-train: {e}") from None
-    sys.argv = [sys.argv[0]] + argv
-    hydra_main()
+    from ugs_d2.interrupts import interruptible
+
+    # Ctrl-C / SIGTERM: one line, exit 130 / 143; the checkpoints are atomic, so the same
+    # command continues from the last one
+    with interruptible("ugs-train", "rerun the same command to continue from the last checkpoint"):
+        try:
+            validate_command_line(argv)
+        except (CommandLineError, ConfigError) as e:
+            raise SystemExit(f"ugs-train: {e}") from None
+        sys.argv = [sys.argv[0]] + argv
+        hydra_main()
 
 
 if __name__ == "__main__":

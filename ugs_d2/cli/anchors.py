@@ -15,6 +15,7 @@ unless ``--layout`` fixes one.
 import argparse
 import math
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -183,6 +184,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> Tuple[List[str], Tuple[Optional[int], Optional[int]], str]:
+    backwards = re.fullmatch(r"\s*p(\d)\s*\.\.\s*p(\d)\s*", args.levels.lower())
+    if backwards and int(backwards[1]) > int(backwards[2]):  # else "levels between p0 and p9"
+        first, last = backwards[2], backwards[1]
+        raise AnchorsError(f"--levels: {args.levels} runs downwards; levels go from fine to coarse: p{first}..p{last}")
     try:
         levels = A.parse_levels(args.levels)
     except ValueError as e:

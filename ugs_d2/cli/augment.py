@@ -199,6 +199,14 @@ def _dataset(args: argparse.Namespace, workdir: str) -> Tuple[str, str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
+    from ugs_d2.interrupts import interruptible
+
+    with interruptible(PROG, "rerun the same command"):
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-augment: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     _check_args(args)

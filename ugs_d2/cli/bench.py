@@ -700,6 +700,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
+    from ugs_d2.interrupts import interruptible
+
+    with interruptible(PROG, "rerun the same command"):
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``ugs-bench``); errors are one line (``ugs-bench: ...``)."""
     invoked_as = PROG
     if argv is None and os.path.basename(sys.argv[0]) == "bench.py":

@@ -153,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from ugs_d2.interrupts import interruptible
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    args.func(args)
+    with interruptible("ugs-data", "nothing was written; rerun the same command"):
+        args.func(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@
   ``--tiled`` it is cut into overlapping windows that go through the model ``--batch-size`` at a
   time at native resolution (:class:`ugs_d2.inference.tiled.TiledPredictor`); ``--tile`` and
   ``--overlap`` default to the run's ``tiling.*`` when it trained on tiles;
+* a tiled image keeps at most ``--max-detections`` detections after merging; by default a
+  per-area budget: the run's per-image limit (``model.roi.detections_per_image``) for every
+  tile-sized area of the image, ``limit * ceil(height * width / tile^2)``; a line says when
+  the budget dropped any;
+* the checkpoint must fit the run's model exactly (no missing or reshaped parameter), else one
+  line names the first mismatching keys;
 * the output is a json list of ``{"image_id", "file_name", "category_id", "bbox": [x, y, w, h],
   "score"}`` (COCO results format), written atomically. ``category_id`` is the dataset's own id
   when the run's dataset json can be found (from ``RUN_DIR/.hydra/config.yaml``, or
@@ -23,7 +29,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["main", "find_images", "to_coco_results"]
+__all__ = ["main", "detection_budget", "find_images", "to_coco_results"]
 
 PROG = "ugs-predict"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,6 +56,17 @@ def find_images(paths: List[str]) -> List[str]:
     return images
 
 
+def detection_budget(image_hw: Tuple[int, int], tile: int, per_tile: int) -> int:
+    """Detections a tiled image may keep by default: ``per_tile`` for every tile-sized area,
+    ``per_tile * ceil(height * width / tile^2)`` (at least ``per_tile``).
+
+    >>> detection_budget((1800, 2400), 512, 100)   # 16.5 tile areas
+    1700
+    """
+    height, width = image_hw
+    return per_tile * max(1, -(-(int(height) * int(width)) // (int(tile) * int(tile))))
+
+
 def to_coco_results(instances, image_key: Dict, category_ids: Optional[List[int]]) -> List[dict]:
     """detectron2 ``Instances`` -> COCO result dicts (``bbox`` as x, y, w, h).
 
@@ -69,6 +86,18 @@ def to_coco_results(instances, image_key: Dict, category_ids: Optional[List[int]
             "score": round(score, 5),
         })
     return results
+
+
+def _check_output(option: str, path: str, directory: bool) -> None:
+    """An output must be creatable: of the right kind if it exists, under a writable directory."""
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        expected = "a directory" if directory else "a file name"
+        raise SystemExit(f"{PROG}: {option} {path} exists and is not {expected}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"{PROG}: {option} {path} cannot be written ({parent} is not a writable directory)")
 
 
 def _dataset_info(run_dir: str, dataset_json: Optional[str]) -> Tuple[Optional[List[int]], List[str], Dict[str, int], str]:
@@ -153,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     tiled.add_argument("--overlap", type=float, default=None,
                        help="in [0, 1) (default: the run's tiling.overlap if it trained on tiles, else 0.2)")
     tiled.add_argument("--batch-size", type=int, default=8, help="windows per forward call (default: 8)")
+    tiled.add_argument("--max-detections", type=int, default=None, metavar="N",
+                       help="detections kept per whole image after merging (default: the run's "
+                       "per-image limit for every tile-sized area of the image)")
     tiled.add_argument("--full-image", action="store_true",
                        help="add a pass of the whole image at the run's test size")
     tiled.add_argument("--upscale", action="store_true", help="resize windows to the run's test size")
@@ -165,14 +197,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line (``ugs-predict: ...``)."""
+    """Console entry point; errors are one line (``ugs-predict: ...``), Ctrl-C too."""
+    from ugs_d2.interrupts import interruptible
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    with interruptible(PROG, "nothing was written"):
+        _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> None:
     try:
         images = find_images(args.images)
     except FileNotFoundError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
         raise SystemExit(f"{PROG}: --score-thresh: expected a number in [0, 1], got {args.score_thresh}")
+    _check_output("--out", args.out, directory=False)  # before the model runs, not after
+    if args.vis:
+        _check_output("--vis", args.vis, directory=True)
 
     import torch
     from tqdm import tqdm
@@ -200,12 +242,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"[{PROG}] warning: the run trained on {run_tiling.TILE} px tiles; without --tiled it "
               "sees whole resized images", file=sys.stderr)
     predictor = None
+    if args.max_detections is not None and args.max_detections < 1:
+        raise SystemExit(f"{PROG}: --max-detections: expected a positive integer, got {args.max_detections}")
+    if args.max_detections is not None and not args.tiled:
+        raise SystemExit(f"{PROG}: --max-detections needs --tiled (a whole image keeps the run's own limit)")
+    per_tile = int(model.ugs_cfg.TEST.DETECTIONS_PER_IMAGE)
     if args.tiled:
         try:
-            predictor = TiledPredictor(
+            predictor = TiledPredictor(  # the budget is applied below, per image
                 model, args.tile, args.overlap, args.batch_size, args.full_image, args.merge,
-                args.match_metric, args.match_threshold, args.upscale,
-                max_detections=model.ugs_cfg.TEST.DETECTIONS_PER_IMAGE,
+                args.match_metric, args.match_threshold, args.upscale, max_detections=None,
             )
         except ValueError as e:
             name, _, rest = str(e).partition(":")
@@ -225,6 +271,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from detectron2.data.detection_utils import read_image
 
     results, total_s, model_s = [], 0.0, 0.0
+    cut_images, cut_kept, cut_found = 0, 0, 0
     for path in tqdm(images, desc=PROG, unit="img"):
         try:
             with allow_large_images():
@@ -235,6 +282,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         if predictor is not None:
             instances = predictor(image)
             model_s += predictor.last_timing["model_s"]
+            budget = args.max_detections or detection_budget(image.shape[:2], args.tile, per_tile)
+            if len(instances) > budget:
+                cut_images, cut_kept, cut_found = cut_images + 1, cut_kept + budget, cut_found + len(instances)
+                top = torch.argsort(instances.scores, descending=True, stable=True)[:budget]
+                instances = instances[top]
         else:
             channels = image[:, :, ::-1] if model.ugs_input_format == "RGB" else image
             tensor = torch.as_tensor(channels.transpose(2, 0, 1).astype("float32"))
@@ -251,6 +303,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             stem = os.path.splitext(os.path.basename(path))[0]
             _draw(image, instances, class_names, os.path.join(args.vis, f"{stem}.png"))
     write_json_atomic(args.out, results)
+    if cut_images:
+        source = "--max-detections" if args.max_detections else f"{per_tile} per {args.tile} px tile area; --max-detections"
+        print(f"[{PROG}] warning: the detection budget ({source}) kept {cut_kept} of {cut_found} "
+              f"detections on {cut_images} image{'s' if cut_images != 1 else ''}", file=sys.stderr)
     share = 100 * (1 - model_s / total_s) if total_s > 0 else 0.0
     mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {args.batch_size}" if args.tiled else "whole image"
     print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in {total_s:.2f} s, "

@@ -29,6 +29,7 @@ Boxes with non-positive width or height are dropped with a counted warning, and 
 side over :data:`GIGANTIC_IMAGE_SIDE` px are reported with a suggestion to tile them.
 """
 import logging
+import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ __all__ = [
     "DatasetError",
     "GIGANTIC_IMAGE_SIDE",
     "UGS_DATASETS_ENV",
+    "check_usable_boxes",
     "load_coco_detection",
     "read_image",
     "register_coco_detection",
@@ -85,11 +87,17 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
     for position, image in enumerate(data["images"]):
         try:
             image_id, file_name = image["id"], image["file_name"]
-            height, width = int(image["height"]), int(image["width"])
-        except (KeyError, TypeError, ValueError):
+            height, width = image["height"], image["width"]
+        except (KeyError, TypeError):
             raise DatasetError(
                 f"{json_file}: images[{position}] needs id, file_name, height and width"
             ) from None
+        for key, value in (("width", width), ("height", height)):
+            if not _is_whole_number(value) or value < 1:
+                raise DatasetError(
+                    f"{json_file}: images[{position}].{key}: expected a positive integer, got {value!r}"
+                )
+        height, width = int(height), int(width)
         if image_id in records:
             raise DatasetError(f"{json_file}: images[{position}] repeats image id {image_id}")
         path = os.path.join(image_root, file_name)
@@ -104,14 +112,29 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
         }
 
     dropped = Counter()
+    annotation_ids: Dict[object, int] = {}
     for position, ann in enumerate(data["annotations"]):
         try:
-            image_id, category_id = ann["image_id"], ann["category_id"]
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            image_id, category_id, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
+            if len(bbox) != 4:
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise DatasetError(
                 f"{json_file}: annotations[{position}] needs image_id, category_id and a 4-number bbox"
             ) from None
+        bad = next((v for v in bbox if not _is_number(v)), None)
+        if bad is not None or not all(math.isfinite(v) for v in bbox):
+            raise DatasetError(
+                f"{json_file}: annotations[{position}].bbox: expected 4 finite numbers, got {bbox!r}"
+            )
+        x, y, w, h = (float(v) for v in bbox)
+        if "id" in ann:
+            if ann["id"] in annotation_ids:
+                raise DatasetError(
+                    f"{json_file}: annotations[{position}] repeats annotation id {ann['id']!r} "
+                    f"(of annotations[{annotation_ids[ann['id']]}])"
+                )
+            annotation_ids[ann["id"]] = position
         if image_id not in records:
             raise DatasetError(
                 f"{json_file}: annotations[{position}] refers to image id {image_id}, "
@@ -138,6 +161,15 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
     return list(records.values())
 
 
+def _is_number(value) -> bool:
+    """An int or float in the json (not a string, not true/false: those are data errors)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole_number(value) -> bool:
+    return _is_number(value) and math.isfinite(value) and float(value).is_integer()
+
+
 def read_image(file_name: str, format: Optional[str] = None):
     """detectron2's ``read_image`` (grayscale and alpha images come back as 3 channels for
     ``format="BGR"``/``"RGB"``), with a :class:`DatasetError` naming the file instead of a
@@ -158,8 +190,23 @@ def _remove(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
-def _warn_gigantic(json_file: str, images: Sequence[Dict]) -> None:
-    gigantic = [i for i in images if is_gigantic(int(i["width"]), int(i["height"]))]
+def _warn_gigantic(json_file: str, images: Sequence[Dict], image_root: Optional[str] = None) -> None:
+    """Warn about images with a side over GIGANTIC_IMAGE_SIDE; with ``image_root``, first check
+    their file headers, so that a json that only lies about the size is named as such."""
+    def whole(value) -> int:
+        return int(value) if _is_whole_number(value) else 0  # malformed: load_coco_detection says so
+
+    gigantic = [i for i in images if is_gigantic(whole(i.get("width")), whole(i.get("height")))]
+    if image_root is not None:
+        for image in gigantic:
+            path = os.path.join(image_root, str(image.get("file_name")))
+            if not os.path.isfile(path):
+                continue  # load_coco_detection names the missing file
+            width, height = image_size(path, decode=False)
+            if (width, height) != (whole(image["width"]), whole(image["height"])):
+                raise DatasetError(
+                    f"{path}: image is {width}x{height} but {json_file} says {image['width']}x{image['height']}"
+                )
     if gigantic:
         largest = max(gigantic, key=lambda i: int(i["width"]) * int(i["height"]))
         logger.warning(
@@ -167,19 +214,32 @@ def _warn_gigantic(json_file: str, images: Sequence[Dict]) -> None:
         )
 
 
-def register_coco_detection(name: str, json_file: str, image_root: str) -> None:
+def register_coco_detection(name: str, json_file: str, image_root: str, preload: bool = False) -> Optional[List[Dict]]:
     """Register one split: ``DatasetCatalog[name]`` loads lazily, metadata is set now.
 
     The json is validated here (categories, parse errors, an empty split) so that a bad file
-    fails at start; gigantic images are reported here.
+    fails at start; gigantic images are reported here. ``preload``: also read every record now
+    (every box and image entry checked before training starts); the first
+    ``DatasetCatalog.get(name)`` then returns these records instead of reading the json again.
+    Returns the preloaded records (None without ``preload``).
     """
     data = read_coco_json(json_file)
     if not data["images"]:
         raise DatasetError(f"{json_file}: no images (empty split {name})")
-    _warn_gigantic(json_file, data["images"])
+    _warn_gigantic(json_file, data["images"], image_root)
     categories = sorted(data["categories"], key=lambda c: c["id"])
+    pending: Dict[str, List[Dict]] = {}
+    usable = None
+    if preload:
+        pending["records"] = load_coco_detection(json_file, image_root)
+        usable = sum(a.get("iscrowd", 0) == 0 for r in pending["records"] for a in r["annotations"])
+
+    def load() -> List[Dict]:
+        records = pending.pop("records", None)  # handed out once: detectron2 may modify them
+        return records if records is not None else load_coco_detection(json_file, image_root)
+
     _remove(name)
-    DatasetCatalog.register(name, lambda: load_coco_detection(json_file, image_root))
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         thing_classes=[c["name"] for c in categories],
         thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
@@ -187,6 +247,9 @@ def register_coco_detection(name: str, json_file: str, image_root: str) -> None:
         image_root=image_root,
         evaluator_type="coco",
     )
+    if usable is not None:
+        MetadataCatalog.get(name).set(usable_boxes=usable)  # read by check_usable_boxes
+    return pending.get("records")
 
 
 def _register_coco_with_detectron2(name: str, json_file: str, image_root: str, builtin: Optional[str]) -> None:
@@ -250,8 +313,21 @@ def resolve_root(dataset_cfg) -> str:
             also = f", or set {' or '.join(hints)}" if hints else ""
             raise DatasetError(f"dataset.root is not set: give dataset.root=/path{also}")
     root = os.path.abspath(os.path.expanduser(str(root)))
-    if not os.path.isdir(root) and not dataset_cfg.get("generate"):
+    if os.path.isdir(root):
+        return root
+    if os.path.exists(root):
+        raise DatasetError(f"{source}: {root} is a file, expected the dataset's directory")
+    generate = dataset_cfg.get("generate")
+    if not generate:
         raise DatasetError(f"{source}: directory {root} does not exist")
+    # generate.root: the preset's own root. Anywhere else a missing directory is far more
+    # likely a typo than a wish for a new synthetic dataset there.
+    own = generate.get("root")
+    if own is not None and os.path.abspath(os.path.expanduser(str(own))) != root:
+        raise DatasetError(
+            f"{source}: directory {root} does not exist (the synthetic set is generated on first "
+            f"use only at {own}; to make one here: ugs-data synth --out {root})"
+        )
     return root
 
 
@@ -322,8 +398,12 @@ def _visdrone_hint(root: str, json_root: str) -> str:
     return f"; convert the official folders first: ugs-data visdrone {root}{out}"
 
 
-def _register_split(dataset_cfg, fmt: str, name: str, spec, root: str, json_root: str) -> str:
-    """Register one split; returns its annotation source (json path or VOC directory)."""
+def _register_split(
+    dataset_cfg, fmt: str, name: str, spec, root: str, json_root: str, preload: bool = False
+) -> str:
+    """Register one split; returns its annotation source (json path or VOC directory).
+
+    ``preload``: read every record now (a bad box fails before training, not at evaluation)."""
     if fmt == "voc":
         for key in ("dir", "split", "year"):
             if spec.get(key) is None:
@@ -355,8 +435,22 @@ def _register_split(dataset_cfg, fmt: str, name: str, spec, root: str, json_root
     if dataset_cfg.get("reader", "ugs") == "detectron2":
         _register_coco_with_detectron2(name, json_file, image_root, dataset_cfg.get("builtin_metadata"))
     else:
-        register_coco_detection(name, json_file, image_root)
+        register_coco_detection(name, json_file, image_root, preload=preload)
     return json_file
+
+
+def check_usable_boxes(train_names: Sequence[str]) -> None:
+    """detectron2 trains only on images with a non-crowd box; with none in any training split it
+    fails with a bare ``AssertionError: No valid data found``. Say which files, before training.
+    Splits whose records were not read at registration (other readers, tiles) are not judged."""
+    counts = [MetadataCatalog.get(name).get("usable_boxes") for name in train_names]
+    if not counts or any(c is None for c in counts) or sum(counts) > 0:
+        return
+    files = ", ".join(str(MetadataCatalog.get(n).get("json_file")) for n in train_names)
+    raise DatasetError(
+        f"{files}: no usable box in training split {', '.join(train_names)} "
+        "(no annotations, or only crowd / zero-size boxes)"
+    )
 
 
 def _split_files_exist(fmt: str, spec, root: str, json_root: str) -> bool:
@@ -422,11 +516,15 @@ def register_dataset(dataset_cfg, tiling=None) -> Dict[str, str]:
     train_names, test_names = split_names(dataset_cfg)
     used = list(dict.fromkeys(train_names + test_names))
     registered: Dict[str, str] = {}
+    # tiling.train: the training records are the cached tiles', checked when those are made
+    tiling_off = tiling is None or not bool(tiling.get("train", {}).get("enabled", False))
     for name, spec in _split_specs(dataset_cfg).items():
         if name not in used and not _split_files_exist(fmt, spec, root, json_root):
             logger.info(f"dataset split {name}: files not found, not registered")
             continue
-        registered[name] = _register_split(dataset_cfg, fmt, name, spec, root, json_root)
+        registered[name] = _register_split(
+            dataset_cfg, fmt, name, spec, root, json_root, preload=name in test_names or (name in train_names and tiling_off)
+        )
     if tiling is not None:  # tiling.train.enabled: train on the cached tiles (ugs_d2/data/tiling.py)
         from ugs_d2.data.tiling import register_tiled_train_splits
 

@@ -733,10 +733,19 @@ def generate(
     Raises ``NotADirectoryError`` if ``out_dir`` is a file, ``FileExistsError`` if it already
     holds a dataset (train/, val/, annotations/ or synth_config.json) and not ``overwrite``.
 
+    Everything is written into ``out_dir/.tmp-synth/`` first and moved into place only when
+    complete (``synth_config.json`` last), so an interrupted or killed run leaves no half
+    dataset: the staging folder is removed on an exception (Ctrl-C included), and a later run
+    removes one that a ``kill -9`` left behind.
+
     Returns:
         dict of paths: ``root``, ``train_images``, ``train_json``, ``val_images``,
         ``val_json``, ``config``.
     """
+    import shutil
+
+    from ugs_d2.fileio import TMP_PREFIX
+
     out = os.fspath(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise NotADirectoryError(f"{out} exists and is not a directory")
@@ -745,19 +754,30 @@ def generate(
         if present:
             raise FileExistsError(f"{out} already holds a dataset ({', '.join(present)})")
     os.makedirs(out, exist_ok=True)
-    meta = {"generator_version": GENERATOR_VERSION, "seed": seed, "num_train": num_train, "num_val": num_val,
-            "config": config.to_dict()}
-    config_path = os.path.join(out, "synth_config.json")
-    _atomic_write_json(config_path, meta)
-    train_json = generate_split(out, "train", num_train, seed, config, progress)
-    val_json = generate_split(out, "val", num_val, seed, config, progress)
+    stage = os.path.join(out, f"{TMP_PREFIX}synth")
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
+    try:
+        meta = {"generator_version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
+                "num_val": num_val, "config": config.to_dict()}
+        generate_split(stage, "train", num_train, seed, config, progress)
+        generate_split(stage, "val", num_val, seed, config, progress)
+        _atomic_write_json(os.path.join(stage, "synth_config.json"), meta)
+        for entry in _DATASET_ENTRIES:  # synth_config.json last: it marks a complete dataset
+            target = os.path.join(out, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+            os.replace(os.path.join(stage, entry), target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {
         "root": out,
         "train_images": os.path.join(out, "train"),
-        "train_json": train_json,
+        "train_json": os.path.join(out, "annotations", "train.json"),
         "val_images": os.path.join(out, "val"),
-        "val_json": val_json,
-        "config": config_path,
+        "val_json": os.path.join(out, "annotations", "val.json"),
+        "config": os.path.join(out, "synth_config.json"),
     }
 
 

@@ -1,6 +1,8 @@
 """``UGSTrainer``: detectron2's ``DefaultTrainer`` with the project's evaluator and writers."""
 import logging
 import os
+import re
+from typing import Optional
 
 import torch
 from detectron2.engine import DefaultTrainer
@@ -8,17 +10,72 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
 
 from ugs_d2 import compat
-from ugs_d2.engine.checkpoint import AtomicCheckpointer
+from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.engine.checkpoint import AtomicCheckpointer, CheckpointError
 from ugs_d2.engine.wandb_writer import build_wandb_writer
 from ugs_d2.evaluation.metrics import repair_truncated_tail
 
-__all__ = ["TrainingDiverged", "UGSTrainer", "stop_on_non_finite_loss"]
+__all__ = ["TrainingDiverged", "UGSTrainer", "one_line_error", "stop_on_non_finite_loss"]
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FloatingPointError):
     """A training loss became NaN or infinite; the message names the loss and the iteration."""
+
+
+# detectron2's check_image_size: "Mismatched image shape for image F, got (w, h), expect (w, h)."
+_SIZE_MISMATCH = re.compile(
+    r"for image (?P<file>.+?), got \((?P<w>\d+), (?P<h>\d+)\), expect \((?P<W>\d+), (?P<H>\d+)\)"
+)
+
+
+def one_line_error(error: BaseException, known_only: bool = False) -> Optional[str]:
+    """The one line that names what failed, for an error that ends a run.
+
+    * errors re-raised from a data-loader worker carry the worker's traceback in their
+      message: the last line is kept, without its ``module.Type:`` prefix;
+    * detectron2's ``SizeMismatchError`` and PIL's unreadable-image errors name the file.
+
+    ``known_only``: None for any other exception (the caller re-raises it with its traceback).
+    """
+    from detectron2.data.detection_utils import SizeMismatchError
+    from PIL import UnidentifiedImageError
+
+    text = str(error).strip()
+    if "Original Traceback" in text or "\nTraceback" in text:
+        text = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]+(Error|Diverged|Exception): ", "", text)
+    hint = " (dataset.verify_images=true checks every image before training)"
+    if isinstance(error, SizeMismatchError):
+        m = _SIZE_MISMATCH.search(text)
+        if m:
+            return (f"{m['file']}: image is {m['w']}x{m['h']} but the dataset json says "
+                    f"{m['W']}x{m['H']}{hint}")
+        return text.splitlines()[0] + hint
+    if isinstance(error, UnidentifiedImageError):
+        m = re.search(r"cannot identify image file '?(.+?)'?$", text)
+        return f"{m[1] if m else text}: unreadable image (empty or not an image file){hint}"
+    if known_only:
+        return None
+    return (text.splitlines() or [type(error).__name__])[0]
+
+
+class _QuietOneLineErrors(logging.Filter):
+    """detectron2 logs every exception that ends training with its traceback ("Exception during
+    training:"); for the errors that ``ugs-train`` reports in one line that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Exception during training"):
+            error = record.exc_info[1]
+            if isinstance(error, (DatasetError, TrainingDiverged, CheckpointError)):
+                return False
+            if one_line_error(error, known_only=True) is not None:
+                return False
+        return True
+
+
+_QUIET = _QuietOneLineErrors()
 
 
 def stop_on_non_finite_loss(module: torch.nn.Module, inputs, outputs) -> None:
@@ -57,6 +114,27 @@ class UGSTrainer(DefaultTrainer):
     ``tiling.test`` is on; trains with the augmenting mapper when ``augment.*`` asks for it;
     writes ``metrics.json`` and console logs, and stops on the first non-finite loss."""
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except TrainingDiverged:
+            raise
+        except FloatingPointError as e:  # raised inside the forward (e.g. the RPN's NaN boxes)
+            first = (str(e).strip().splitlines() or ["non-finite values"])[0]
+            first = re.sub(r"\s*Training has diverged\.?", "", first).rstrip(".")
+            raise TrainingDiverged(
+                f"training diverged: {first} at iteration {self.iter} (raised in the forward pass, "
+                "before the losses: lower schedule.base_lr or set ugs.grad_clip_norm)"
+            ) from None
+
+    def train(self):
+        train_loop = logging.getLogger("detectron2.engine.train_loop")
+        train_loop.addFilter(_QUIET)
+        try:
+            return super().train()
+        finally:
+            train_loop.removeFilter(_QUIET)
+
     def __init__(self, cfg, run_cfg=None):
         """
         Args:
@@ -88,9 +166,17 @@ class UGSTrainer(DefaultTrainer):
         # augment: / input=native need ugs_d2's mapper; otherwise detectron2's loader, unchanged
         from ugs_d2.data.mapper import build_train_loader, needs_augmenting_mapper
 
-        if needs_augmenting_mapper(cfg):
-            return build_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        try:
+            if needs_augmenting_mapper(cfg):
+                return build_train_loader(cfg)
+            return super().build_train_loader(cfg)
+        except AssertionError as e:  # detectron2's "No valid data found in <names>."
+            if "No valid data found" not in str(e):
+                raise
+            raise DatasetError(
+                f"dataset.train: no usable box in {', '.join(cfg.DATASETS.TRAIN)} (every image is "
+                "empty, crowd-only or was filtered out)"
+            ) from None
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -517,8 +517,9 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     Raises:
         FileNotFoundError: the config or the weights are missing (one line).
     """
-    from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from detectron2.modeling import build_model
+
+    from ugs_d2.engine.checkpoint import load_weights
 
     cfg = read_run_config(run_dir_or_config_yaml)
     config_dir = run_dir_or_config_yaml if os.path.isdir(run_dir_or_config_yaml) else os.path.dirname(run_dir_or_config_yaml)
@@ -529,7 +530,8 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
     model = build_model(cfg)
-    AtomicCheckpointer(model).load(weights)  # refuses a checkpoint trained with other UGS grids
+    # CheckpointError (one line) unless it fits; GridMismatchError for other UGS grids
+    load_weights(model, weights, complete=True)
     model.eval()
     model.ugs_cfg = cfg
     model.ugs_test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
