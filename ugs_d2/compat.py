@@ -23,6 +23,7 @@ __all__ = [
     "create_ddp_model",
     "use_device_aware_ddp",
     "prepare_voc_reader",
+    "fcos_labels_images_without_boxes",
 ]
 
 DETECTRON2_VERSION = detectron2.__version__
@@ -136,3 +137,18 @@ def prepare_voc_reader() -> None:
     # vars(): hasattr would go through numpy's __getattr__, which warns about the old alias
     if "str" not in vars(numpy) and not isinstance(pascal_voc.np, _NumpyWithRemovedAliases):
         pascal_voc.np = _NumpyWithRemovedAliases(numpy)
+
+
+def fcos_labels_images_without_boxes() -> bool:
+    """Whether detectron2's own ``FCOS.label_anchors`` labels an image without GT boxes.
+
+    Upstream main does: background everywhere, and its matched boxes are plain ``(R, 4)``
+    tensors (which its ``losses`` take). 0.6 does not: ``FCOS.match_anchors`` takes a max over
+    zero GT boxes and fails, and its matched boxes are ``Boxes`` (its ``losses`` read
+    ``.tensor``), so a caller has to label such images itself, as ``Boxes``. Upstream's
+    rewrite of that matching renamed ``match_anchors`` to ``_match_anchors``: the public name
+    is what tells the two apart.
+    """
+    from detectron2.modeling.meta_arch.fcos import FCOS
+
+    return not hasattr(FCOS, "match_anchors")
