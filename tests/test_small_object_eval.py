@@ -316,6 +316,12 @@ def test_bench_cli_writes_the_report_and_rejects_bad_arguments(tmp_path):
     text = out.read_text()
     assert "ugs-bench cocoeval --images 3 --dets 60" in text and "every metric agrees" in text
     assert outcome["disagreeing"] == [] and len(outcome["seconds"]["pycocotools"]) == 2
+    # detectron2's C++ COCOeval too where this build has it; the report names the build
+    expected = ["pycocotools", "faster_coco_eval"] + (["detectron2_fast"] if HAS_COMPILED_OPS else [])
+    assert list(outcome["seconds"]) == expected and all(f"| {b} |" in text for b in expected)
+    from ugs_d2.compat import describe_detectron2
+
+    assert describe_detectron2() in text
     assert "| APvt |" in text and "| APN |" in text
     for argv, message in [(["--images", "0"], "--images must be >= 1"),
                           (["--buckets", "aitod,tiny"], "--buckets: unknown bucket set 'tiny'"),
