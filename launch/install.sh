@@ -66,7 +66,7 @@ if [ -n "$D2_SOURCE" ]; then
         rm -f "$SOURCE_RECORD"
         pip_quiet install --no-build-isolation --no-deps "$D2_SOURCE"
         commit=${D2_COMMIT:-}
-        if [ -z "$commit" ] && [ -d "$D2_SOURCE" ]; then
+        if [ -z "$commit" ] && [ -e "$D2_SOURCE/.git" ]; then  # a checkout (not a folder inside one)
             commit=$(git -C "$D2_SOURCE" rev-parse HEAD 2>/dev/null || true)
         fi
         "$PY" - "$SOURCE_RECORD" "$D2_SOURCE" "$commit" "${D2_ORIGIN:-}" <<'PY'

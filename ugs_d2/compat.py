@@ -79,8 +79,8 @@ def _direct_url(distribution: str) -> Dict[str, Any]:
 
 
 def _git_commit(directory: Optional[str]) -> Optional[str]:
-    if not directory or not os.path.isdir(directory):
-        return None
+    if not directory or not os.path.exists(os.path.join(directory, ".git")):
+        return None  # not a checkout (a folder inside another repository would give its HEAD)
     try:
         out = subprocess.run(
             ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
