@@ -6,7 +6,7 @@
 #
 # The tarball (a `git archive` of detectron2, top-level folder detectron2/) is unpacked into a
 # scratch directory that is removed afterwards; its git commit (kept in the archive's header)
-# is recorded with the build. Skipped when VENV already holds a build of this tarball.
+# is recorded with the build. Skipped when VENV already holds a build of that commit.
 # MAX_JOBS (default 2) compile jobs, with ninja.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,10 @@ if [ -z "$tarball" ] || [ ! -f "$tarball" ]; then
 fi
 tarball=$(cd "$(dirname "$tarball")" && pwd)/$(basename "$tarball")
 commit=$(gzip -dc "$tarball" | git get-tar-commit-id 2>/dev/null || true)
-if [ -f "$VENV/.installed" ] && grep -qF "\"origin\": \"$tarball\"" "$VENV/detectron2-source.json" 2>/dev/null; then
-    echo "[upstream_env] $VENV already holds detectron2 built from $tarball"
+# the same source: the same git commit (or, where the archive has none, the same tarball)
+if [ -n "$commit" ]; then same="\"commit\": \"$commit\""; else same="\"origin\": \"$tarball\""; fi
+if [ -f "$VENV/.installed" ] && grep -qF "$same" "$VENV/detectron2-source.json" 2>/dev/null; then
+    echo "[upstream_env] $VENV already holds detectron2 ${commit:+$commit }built from $tarball"
     exit 0
 fi
 scratch=$(mktemp -d)
