@@ -47,7 +47,7 @@ test: install
 
 # The test suite on upstream detectron2 main with its C++ ops: the source tarball in
 # ../shared/vendor/ (D2_TARBALL) built into its own environment by launch/upstream_env.sh
-# (UPSTREAM_VENV; built once, ~5 min on 2 cores, then reused). `.ci/run` does the same.
+# (UPSTREAM_VENV; built once, 2-3 min on 2 idle cores, then reused). `.ci/run` does the same.
 UPSTREAM_VENV ?= .venv-upstream
 D2_TARBALL ?= $(firstword $(wildcard ../shared/vendor/detectron2-*.tar.gz))
 test-upstream:
