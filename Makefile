@@ -4,23 +4,36 @@
 #   make install D2_SOURCE=/path/to/detectron2   # use official detectron2 (full C++/CUDA ops)
 #   make run ARGS="ugs=full seed=1"              # any ugs-train overrides
 #   make test PYTEST_ARGS="-k bins"
+#   make test-upstream   # the tests on upstream main (../shared/vendor), in .venv-upstream
+#   make install LOCK=   # without the lock launch/constraints.txt (e.g. a cluster's own torch)
 
 VENV ?= .venv
 PYTHON ?= python3
 D2_SOURCE ?=
+LOCK ?= launch/constraints.txt
 ARGS ?=
 PYTEST_ARGS ?= -q
-export PYTHON VENV D2_SOURCE
+export PYTHON VENV D2_SOURCE LOCK
 
-.PHONY: install run test bench-deps bench-deps-headless clean-outputs help
+.PHONY: install run test test-upstream bench-deps bench-deps-headless clean-outputs help FORCE
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,10p' Makefile
 
 install: $(VENV)/.installed
 
+# What the installer was last asked for beyond its files: the lock and a D2_SOURCE. Rewritten
+# only when it changes, so that `make install D2_SOURCE=<other>` re-runs the installer (which
+# then rebuilds detectron2) while a later `make run` without D2_SOURCE keeps that build.
+$(VENV)/.install-request: FORCE
+	@mkdir -p $(VENV); want="lock=$(LOCK)"; \
+	if [ -n "$(D2_SOURCE)" ]; then want="$$want d2_source=$(D2_SOURCE)"; \
+	else want="$$want $$(grep -o 'd2_source=.*' $@ 2>/dev/null)"; fi; \
+	if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then echo "$$want" > $@; fi
+FORCE:
+
 # Re-run the installer when what it installs changes; it skips what is already there.
-$(VENV)/.installed: launch/install.sh launch/requirements.txt launch/detectron2_fallback.py setup.cfg pyproject.toml
+$(VENV)/.installed: launch/install.sh launch/requirements.txt launch/constraints.txt launch/detectron2_fallback.py setup.cfg pyproject.toml $(VENV)/.install-request
 	bash launch/install.sh
 	touch $@
 
@@ -31,6 +44,15 @@ run: install
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The test suite on upstream detectron2 main with its C++ ops: the source tarball in
+# ../shared/vendor/ (D2_TARBALL) built into its own environment by launch/upstream_env.sh
+# (UPSTREAM_VENV; built once, 2-3 min on 2 idle cores, then reused). `.ci/run` does the same.
+UPSTREAM_VENV ?= .venv-upstream
+D2_TARBALL ?= $(firstword $(wildcard ../shared/vendor/detectron2-*.tar.gz))
+test-upstream:
+	VENV=$(UPSTREAM_VENV) bash launch/upstream_env.sh "$(D2_TARBALL)"
+	$(MAKE) --no-print-directory test VENV=$(UPSTREAM_VENV) D2_SOURCE= PYTEST_ARGS="$(PYTEST_ARGS)"
 
 # Bench-only dependencies (SAHI, for `ugs-bench sahi`); not needed to train, evaluate or test.
 bench-deps: install

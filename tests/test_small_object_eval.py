@@ -15,6 +15,7 @@ from ugs_d2.cli.bench_cocoeval import make_case
 from ugs_d2.cli.results import collect
 from ugs_d2.cli.validate import _compose, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
+from ugs_d2.compat import HAS_COMPILED_OPS
 from ugs_d2.evaluation.backends import BACKENDS, run_bbox_cocoeval
 from ugs_d2.evaluation.metrics import read_metrics
 from ugs_d2.evaluation.small_object import (
@@ -27,6 +28,17 @@ from ugs_d2.evaluation.small_object import (
 )
 
 ALL_SETS = list(BUCKET_SETS)
+NO_COMPILED_OPS = "detectron2_fast needs detectron2's C++ ops; this is the registry fallback (make test-upstream)"
+
+
+def _backend(name):
+    """A BACKENDS entry as a parameter, skipped where it cannot run (with the reason)."""
+    if name == "detectron2_fast":
+        return pytest.param(name, marks=pytest.mark.skipif(not HAS_COMPILED_OPS, reason=NO_COMPILED_OPS))
+    return name
+
+
+BACKEND_PARAMS = [_backend(b) for b in BACKENDS]
 BUCKET_KEYS = [b.key for s in ALL_SETS for b in BUCKET_SETS[s]]
 
 
@@ -134,7 +146,7 @@ def test_bucket_aps_equal_a_direct_pycocotools_evaluation_with_that_area_range()
 # ignore regions and budgets (hand-computed)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_detection_inside_an_ignore_region_is_neither_tp_nor_fp(backend):
     # one object A and one VisDrone ignored region (iscrowd=1) of the same class
     gt = _gt({1: (100, 100)}, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10]},
@@ -149,7 +161,7 @@ def test_detection_inside_an_ignore_region_is_neither_tp_nor_fp(backend):
     assert evaluate_detections(gt, [on_a, outside], backend=backend)["AP"] == pytest.approx(50.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_budgets_above_100_detections_per_image_count(backend):
     # 150 objects of 8x8 px in a grid on one image, each detected exactly (scores descending)
     boxes = [[12.0 * (i % 15), 12.0 * (i // 15), 8.0, 8.0] for i in range(150)]
@@ -169,23 +181,36 @@ def test_budgets_above_100_detections_per_image_count(backend):
 # backends
 
 
-@pytest.mark.skipif("faster_coco_eval" not in BACKENDS, reason="one backend")
-def test_both_backends_give_the_same_numbers_for_every_bucket():
-    pytest.importorskip("faster_coco_eval")
+@pytest.mark.parametrize("backend", [b for b in BACKEND_PARAMS if b != "pycocotools"])
+def test_every_backend_gives_the_numbers_of_pycocotools_for_every_bucket(backend):
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
     gt, dets = make_case(6, 300, seed=1, num_classes=4, gt_per_image=(30, 60), image_size=(640, 480))
     assert sum(a["iscrowd"] for a in gt["annotations"]) > 0
     buckets = select_buckets(ALL_SETS)
     ranges = [(b.area_min, b.area_max) for b in buckets]
-    outputs = {b: run_bbox_cocoeval(copy.deepcopy(gt), dets, ranges, [1, 10, 300], b) for b in BACKENDS}
-    reference, other = outputs["pycocotools"], outputs["faster_coco_eval"]
+    outputs = {b: run_bbox_cocoeval(copy.deepcopy(gt), dets, ranges, [1, 10, 300], b) for b in ("pycocotools", backend)}
+    reference, other = outputs["pycocotools"], outputs[backend]
     assert reference.precision.shape == other.precision.shape == (10, 101, 4, len(buckets), 3)
     assert np.abs(reference.precision - other.precision).max() <= 1e-6
     results = {b: evaluate_detections(copy.deepcopy(gt), dets, ALL_SETS, 300, b, class_names=list("abcd"))
-               for b in BACKENDS}
-    assert list(results["pycocotools"]) == list(results["faster_coco_eval"])
+               for b in ("pycocotools", backend)}
+    assert list(results["pycocotools"]) == list(results[backend])
     for key, value in results["pycocotools"].items():
-        assert results["faster_coco_eval"][key] == pytest.approx(value, abs=1e-4, nan_ok=True), key
+        assert results[backend][key] == pytest.approx(value, abs=1e-4, nan_ok=True), key
     assert sum(not math.isnan(v) for v in results["pycocotools"].values()) >= 15
+
+
+def test_detectron2_fast_is_accepted_with_compiled_ops_and_refused_in_one_line_on_the_fallback():
+    if HAS_COMPILED_OPS:
+        d2 = to_detectron2_cfg(_compose(["evaluation.backend=detectron2_fast"]), num_classes=6)
+        assert d2.UGS_EVAL.BACKEND == "detectron2_fast"
+        return
+    with pytest.raises(ConfigError) as info:
+        validate_command_line(["evaluation.backend=detectron2_fast"])
+    message = str(info.value)
+    assert "\n" not in message and "evaluation.backend=detectron2_fast" in message
+    assert "C++ ops" in message and "D2_SOURCE" in message and "registry fallback" in message
 
 
 def test_detections_are_not_modified():
@@ -202,7 +227,7 @@ def test_detections_are_not_modified():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["evaluation.backend=cocoapi"], "evaluation.backend: expected pycocotools or faster_coco_eval, got 'cocoapi'"),
+        (["evaluation.backend=cocoapi"], "evaluation.backend: expected pycocotools or faster_coco_eval or detectron2_fast, got 'cocoapi'"),
         (["evaluation.max_dets=0"], "evaluation.max_dets: expected an integer in [1, 10000], got 0"),
         (["evaluation.max_dets=20000"], "evaluation.max_dets: expected an integer in [1, 10000], got 20000"),
         (["evaluation.max_dets=many"], "evaluation.max_dets: expected an integer, got 'many'"),
@@ -291,6 +316,12 @@ def test_bench_cli_writes_the_report_and_rejects_bad_arguments(tmp_path):
     text = out.read_text()
     assert "ugs-bench cocoeval --images 3 --dets 60" in text and "every metric agrees" in text
     assert outcome["disagreeing"] == [] and len(outcome["seconds"]["pycocotools"]) == 2
+    # detectron2's C++ COCOeval too where this build has it; the report names the build
+    expected = ["pycocotools", "faster_coco_eval"] + (["detectron2_fast"] if HAS_COMPILED_OPS else [])
+    assert list(outcome["seconds"]) == expected and all(f"| {b} |" in text for b in expected)
+    from ugs_d2.compat import describe_detectron2
+
+    assert describe_detectron2() in text
     assert "| APvt |" in text and "| APN |" in text
     for argv, message in [(["--images", "0"], "--images must be >= 1"),
                           (["--buckets", "aitod,tiny"], "--buckets: unknown bucket set 'tiny'"),

@@ -8,6 +8,36 @@ def test_detectron2_imports_and_reports_its_build():
     line = compat.describe_detectron2()
     assert "detectron2" in line and compat.DETECTRON2_VERSION in line
     assert compat.coco_evaluator_kwargs() == {"use_fast_impl": compat.HAS_COMPILED_OPS}
+    build = compat.detectron2_build()
+    assert build["kind"] in line and build["compiled_ops"] == compat.HAS_COMPILED_OPS
+    if build["kind"] == "registry fallback":
+        assert build["distribution"] == "pb1-detectron2" and not build["compiled_ops"]
+        assert build["source"] is None and build["commit"] is None
+    else:
+        assert build["distribution"] == "detectron2" and build["source"], build
+
+
+def test_a_source_build_reports_the_commit_the_installer_recorded():
+    """launch/install.sh records D2_SOURCE (and D2_ORIGIN, D2_COMMIT) next to the environment's
+    python; CI's upstream environment is built from the vendored tarball's commit."""
+    import json
+    import os
+    import sys
+
+    import pytest
+
+    from ugs_d2 import compat
+
+    record = os.path.join(sys.prefix, compat.SOURCE_RECORD)
+    if compat.detectron2_build()["kind"] != "source build" or not os.path.isfile(record):
+        pytest.skip("detectron2 was not built from a D2_SOURCE by launch/install.sh")
+    with open(record) as f:
+        recorded = json.load(f)
+    build = compat.detectron2_build()
+    assert build["source"] == (recorded["origin"] or recorded["source"])
+    assert build["commit"] == recorded["commit"]
+    if build["commit"]:
+        assert build["commit"][:9] in compat.describe_detectron2()
 
 
 def test_fallback_placeholder_names_the_missing_op():

@@ -1,6 +1,8 @@
 """End to end through the real CLI: ugs-train trains a few iterations and writes results.json."""
+import importlib.metadata
 import json
 import os
+import platform
 
 from conftest import TINY_RUN, run_ugs_train
 
@@ -20,6 +22,15 @@ def test_ugs_train_writes_results_and_done_marker(tiny_dataset, tmp_path):
         c["name"] for c in json.load(open(os.path.join(tiny_dataset, "annotations", "val.json")))["categories"]
     }
     assert results["iterations"] == 4 and results["wall_time_s"] > 0
+    # what ran: this interpreter's detectron2 build, packages and hardware (README: reproducing)
+    from ugs_d2 import compat
+
+    env = results["environment"]
+    assert env["detectron2"] == compat.detectron2_build()
+    assert env["detectron2"]["kind"] in results["detectron2"]
+    assert env["packages"]["torch"] == importlib.metadata.version("torch")
+    assert env["packages"]["numpy"] == importlib.metadata.version("numpy")
+    assert env["python"] == platform.python_version() and env["cpu"] and isinstance(env["gpus"], list)
     assert (run_dir / "done").is_file()
     assert (run_dir / "metrics.json").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()

@@ -96,6 +96,10 @@ def test_offline_wandb_run_holds_every_logged_scalar(tiny_dataset, tmp_path):
     assert runs[0].job_type.startswith("dataset.root=") and "seed=3" not in runs[0].job_type
     config = {item.key: json.loads(item.value_json) for item in runs[0].config.update}
     assert config["schedule"]["max_iter"] == 4 and config["seed"] == 3  # the resolved config
+    from ugs_d2.compat import detectron2_build
+
+    assert config["environment"]["detectron2"] == detectron2_build()  # which build ran, and where
+    assert config["environment"]["cpu"] and "packages" not in config["environment"]
 
     history = _history(records)
     logged = set().union(*history.values())

@@ -11,6 +11,11 @@ Everything else in the package imports detectron2 freely; only behaviour that di
 the two goes through this module.
 """
 import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, Optional
 
 import detectron2
 
@@ -18,11 +23,13 @@ __all__ = [
     "DETECTRON2_VERSION",
     "HAS_COMPILED_OPS",
     "describe_detectron2",
+    "detectron2_build",
     "coco_evaluator_kwargs",
     "create_local_process_group",
     "create_ddp_model",
     "use_device_aware_ddp",
     "prepare_voc_reader",
+    "fcos_labels_images_without_boxes",
 ]
 
 DETECTRON2_VERSION = detectron2.__version__
@@ -49,10 +56,85 @@ def _distribution() -> str:
     return "detectron2 (not pip-installed)"
 
 
+# written by launch/install.sh next to the environment's python when it builds a D2_SOURCE
+SOURCE_RECORD = "detectron2-source.json"
+
+
+def _source_record() -> Dict[str, Any]:
+    try:
+        with open(os.path.join(sys.prefix, SOURCE_RECORD)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _direct_url(distribution: str) -> Dict[str, Any]:
+    """pip's record of where a distribution was installed from (PEP 610), or {}."""
+    try:
+        text = importlib.metadata.distribution(distribution).read_text("direct_url.json")
+        return json.loads(text) if text else {}
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return {}
+
+
+def _git_commit(directory: Optional[str]) -> Optional[str]:
+    if not directory or not os.path.exists(os.path.join(directory, ".git")):
+        return None  # not a checkout (a folder inside another repository would give its HEAD)
+    try:
+        out = subprocess.run(
+            ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def detectron2_build() -> Dict[str, Any]:
+    """Which detectron2 runs, for results files, W&B and benchmark reports.
+
+    Returns:
+        ``{"kind": "registry fallback" | "source build", "distribution", "version",
+        "compiled_ops": bool, "source": where it was built from or None, "commit": its git
+        commit or None, "path": the imported package}``. ``source``/``commit`` come from
+        ``launch/install.sh``'s record (``$VENV/detectron2-source.json``: the D2_SOURCE, or the
+        tarball it was unpacked from, and its commit), else pip's ``direct_url.json`` (a
+        ``git+`` install's commit, a local directory's path, whose git HEAD is read when it
+        still exists).
+    """
+    from detectron2 import _C  # noqa: F401  (the fallback has a placeholder: always importable)
+
+    distribution = _distribution()
+    fallback = distribution == "pb1-detectron2" or getattr(_C, "FALLBACK_BUILD", False)
+    source = commit = None
+    if not fallback:
+        record = _source_record()
+        direct = _direct_url(distribution)
+        source = record.get("origin") or record.get("source") or direct.get("url")
+        commit = record.get("commit") or (direct.get("vcs_info") or {}).get("commit_id")
+        if not commit and str(direct.get("url", "")).startswith("file://"):
+            commit = _git_commit(direct["url"][len("file://"):])
+    return {
+        "kind": "registry fallback" if fallback else "source build",
+        "distribution": distribution,
+        "version": DETECTRON2_VERSION,
+        "compiled_ops": HAS_COMPILED_OPS,
+        "source": source,
+        "commit": commit,
+        "path": detectron2.__path__[0],
+    }
+
+
 def describe_detectron2() -> str:
-    """One line saying which detectron2 is in use, e.g. for logs and results files."""
-    ops = "with C++ ops" if HAS_COMPILED_OPS else "fallback build, no C++ ops"
-    return f"{_distribution()} {DETECTRON2_VERSION} ({ops}) at {detectron2.__path__[0]}"
+    """One line saying which detectron2 is in use, e.g. for logs and results files:
+    ``detectron2 0.6 (source build, with C++ ops, commit 02b5c4e29 from <tarball>) at <path>``."""
+    build = detectron2_build()
+    parts = [build["kind"], "with C++ ops" if build["compiled_ops"] else "no C++ ops"]
+    if build["commit"]:
+        parts.append(f"commit {build['commit'][:9]}")
+    if build["source"]:
+        parts.append(f"from {build['source']}")
+    return f"{build['distribution']} {build['version']} ({', '.join(parts)}) at {build['path']}"
 
 
 def coco_evaluator_kwargs() -> dict:
@@ -136,3 +218,18 @@ def prepare_voc_reader() -> None:
     # vars(): hasattr would go through numpy's __getattr__, which warns about the old alias
     if "str" not in vars(numpy) and not isinstance(pascal_voc.np, _NumpyWithRemovedAliases):
         pascal_voc.np = _NumpyWithRemovedAliases(numpy)
+
+
+def fcos_labels_images_without_boxes() -> bool:
+    """Whether detectron2's own ``FCOS.label_anchors`` labels an image without GT boxes.
+
+    Upstream main does: background everywhere, and its matched boxes are plain ``(R, 4)``
+    tensors (which its ``losses`` take). 0.6 does not: ``FCOS.match_anchors`` takes a max over
+    zero GT boxes and fails, and its matched boxes are ``Boxes`` (its ``losses`` read
+    ``.tensor``), so a caller has to label such images itself, as ``Boxes``. Upstream's
+    rewrite of that matching renamed ``match_anchors`` to ``_match_anchors``: the public name
+    is what tells the two apart.
+    """
+    from detectron2.modeling.meta_arch.fcos import FCOS
+
+    return not hasattr(FCOS, "match_anchors")

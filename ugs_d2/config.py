@@ -494,12 +494,14 @@ def _tiling(cfg: DictConfig, d2: CfgNode, get: Callable) -> None:
 
 def _evaluation(d2: CfgNode, get: Callable) -> None:
     """``evaluation.*`` (configs/evaluation) -> ``d2.UGS_EVAL.*``, read by ``UGSTrainer.build_evaluator``."""
-    from ugs_d2.evaluation.backends import BACKENDS
+    from ugs_d2.evaluation.backends import BACKENDS, backend_unavailable
     from ugs_d2.evaluation.small_object import BUCKET_SETS, MAX_DETS_CAP
 
     backend = get("evaluation.backend", _string)
     if backend not in BACKENDS:
         raise ConfigError(f"evaluation.backend: expected {' or '.join(BACKENDS)}, got {backend!r}")
+    if backend_unavailable(backend):  # e.g. detectron2_fast on the registry fallback: before training
+        raise ConfigError(backend_unavailable(backend))
     max_dets = get("evaluation.max_dets", _integer)
     if not 1 <= max_dets <= MAX_DETS_CAP:
         raise ConfigError(f"evaluation.max_dets: expected an integer in [1, {MAX_DETS_CAP}], got {max_dets}")

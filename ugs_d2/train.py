@@ -144,6 +144,7 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
     from ugs_d2.compat import describe_detectron2
     from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from ugs_d2.engine.trainer import UGSTrainer
+    from ugs_d2.environment import run_environment
 
     os.makedirs(output_dir, exist_ok=True)
     if cfg.resume and results_io.is_done(output_dir):
@@ -203,6 +204,7 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
         wall_time_s=round(time.perf_counter() - start, 1),
         dataset=d2_cfg.DATASETS.TEST[0],
         detectron2=describe_detectron2(),
+        environment=run_environment(),  # detectron2 build, package versions, CPU/GPU model
         overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     )
     results = results_io.read_results(output_dir)

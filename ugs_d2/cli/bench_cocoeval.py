@@ -195,13 +195,26 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _describe_detectron2() -> str:
+    from ugs_d2.compat import describe_detectron2
+
+    return describe_detectron2()
+
+
+def available_backends() -> Tuple[str, ...]:
+    """The backends this build can run: detectron2_fast only with detectron2's C++ ops."""
+    from ugs_d2.compat import HAS_COMPILED_OPS
+
+    return ("pycocotools", "faster_coco_eval") + (("detectron2_fast",) if HAS_COMPILED_OPS else ())
+
+
 def format_report(outcome: Dict[str, Any], case: Dict[str, Any], command: str, started: str, wall_s: float) -> str:
     """The markdown report: command, machine, case, timing table, per-metric agreement."""
     seconds, metrics = outcome["seconds"], outcome["metrics"]
     backends = list(seconds)
     baseline = statistics.median(seconds[backends[0]])
     lines = [
-        "# COCOeval backends: pycocotools vs faster-coco-eval",
+        f"# COCOeval backends: {' vs '.join(backends)}",
         "",
         f"- command: `{command}`",
         f"- date: {started} (wall time of the run incl. generating the case: {wall_s:.0f} s)",
@@ -209,7 +222,7 @@ def format_report(outcome: Dict[str, Any], case: Dict[str, Any], command: str, s
         + (f", load average (1 min) at start / end {case['load_start']:.2f} / {os.getloadavg()[0]:.2f}"
            if hasattr(os, "getloadavg") else ""),
         f"- versions: pycocotools {_version('pycocotools')}, faster-coco-eval {_version('faster-coco-eval')}, "
-        f"numpy {np.__version__}",
+        f"numpy {np.__version__}; {_describe_detectron2()}",
         f"- case (seed {case['seed']}): {case['images']} images of {VISDRONE_IMAGE_SIZE[0]}x{VISDRONE_IMAGE_SIZE[1]}, "
         f"{case['classes']} classes, {case['gt']} ground-truth boxes ({case['gt'] / case['images']:.1f}/image, "
         f"median side {case['median_side']:.1f} px) + {case['crowd']} ignore-region annotations (iscrowd=1), "
@@ -331,7 +344,8 @@ def run(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> D
         "buckets": buckets, "load_start": load_start,
         "median_side": float(np.median([math.sqrt(a["area"]) for a in real])) if real else math.nan,
     }
-    outcome = run_cocoeval_bench(gt, detections, buckets, max_dets, args.repeats, progress=not args.quiet)
+    outcome = run_cocoeval_bench(gt, detections, buckets, max_dets, args.repeats,
+                                 backends=available_backends(), progress=not args.quiet)
     report = format_report(outcome, case, command, started, time.perf_counter() - start)
     write_text_atomic(args.out, report)
     print(report)

@@ -205,6 +205,10 @@ def build_wandb_writer(
         from omegaconf import OmegaConf
 
         config = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+        # which detectron2 build and hardware ran (results.json also has the package versions)
+        from ugs_d2.environment import run_environment
+
+        config["environment"] = run_environment(packages=False)
     names = dict(names or hydra_run_names(cfg, run_dir))
     wandb_dir = wandb_cfg.get("dir") or run_dir
     os.makedirs(wandb_dir, exist_ok=True)

@@ -3,12 +3,14 @@
 * ``pycocotools``: the official COCO API (pure Python ``evaluateImg``), the reference;
 * ``faster_coco_eval``: the same algorithm with matching and accumulation in C++
   (``faster_coco_eval.COCOeval_faster``), about an order of magnitude faster on
-  VisDrone-sized inputs (``results/cocoeval_backends.md``).
+  VisDrone-sized inputs (``results/cocoeval_backends.md``);
+* ``detectron2_fast``: detectron2's ``COCOeval_opt`` (pycocotools' COCOeval with
+  ``evaluateImg``/``accumulate`` in detectron2's C++ ops). Only with a detectron2 built from
+  source: the registry fallback has no compiled ops (``ugs_d2/compat.py``).
 
-Both produce COCOeval's ``eval["precision"]`` array, from which
+All produce COCOeval's ``eval["precision"]`` array, from which
 :mod:`ugs_d2.evaluation.small_object` computes every metric, so the numbers cannot drift apart
-through different summary code. (detectron2's own C++ ``COCOeval_opt`` needs detectron2's
-compiled ops, which the fallback build lacks; see ``ugs_d2/compat.py``.)
+through different summary code.
 
 Only numpy is imported here; the backend's package is imported when it is used.
 """
@@ -19,9 +21,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["BACKENDS", "CocoEvalOutput", "check_backend", "run_bbox_cocoeval"]
+__all__ = ["BACKENDS", "CocoEvalOutput", "backend_unavailable", "check_backend", "run_bbox_cocoeval"]
 
-BACKENDS = ("pycocotools", "faster_coco_eval")
+BACKENDS = ("pycocotools", "faster_coco_eval", "detectron2_fast")
 
 
 @dataclass
@@ -42,16 +44,33 @@ class CocoEvalOutput:
     category_ids: List[int]
 
 
-def check_backend(backend: str) -> str:
-    """``backend`` if it is known and importable, else ValueError (one line)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+def backend_unavailable(backend: str) -> Optional[str]:
+    """None if the known ``backend`` can run here, else one line saying why and what to do."""
+    if backend == "detectron2_fast":
+        from ugs_d2 import compat
+
+        if not compat.HAS_COMPILED_OPS:
+            return (
+                "evaluation.backend=detectron2_fast needs detectron2's C++ ops (COCOeval_opt), "
+                f"which this detectron2 lacks ({compat.describe_detectron2().split(' at ')[0]}): "
+                "build detectron2 from source (make install D2_SOURCE=/path/to/detectron2), "
+                "or use evaluation.backend=faster_coco_eval (the same numbers, also C++)"
+            )
+        return None
     try:
         __import__(backend)
     except ImportError:
-        raise ValueError(
-            f"{backend} is not installed (pip install -r launch/requirements.txt)"
-        ) from None
+        return f"evaluation.backend={backend}: {backend} is not installed (pip install -r launch/requirements.txt)"
+    return None
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is known and can run here, else ValueError (one line)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    why = backend_unavailable(backend)
+    if why:
+        raise ValueError(why)
     return backend
 
 
@@ -98,9 +117,14 @@ def run_bbox_cocoeval(
         # faster_coco_eval sorts maxDets in place; pycocotools does not: require the order
         raise ValueError(f"max_dets must be strictly increasing, got {max_dets}")
     detections = _copy_detections(detections)
-    if backend == "pycocotools":
+    if backend in ("pycocotools", "detectron2_fast"):
         from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+        else:  # the same class with evaluate/accumulate in detectron2's C++ ops
+            check_backend(backend)
+            from detectron2.evaluation.fast_eval_api import COCOeval_opt as COCOeval
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             coco_gt = COCO()

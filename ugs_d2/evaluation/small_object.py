@@ -222,7 +222,7 @@ def evaluate_detections(
         detections: COCO results with dataset category ids; must not be empty.
         bucket_sets: names from :data:`BUCKET_SETS` added to COCO's buckets.
         max_dets: COCOeval's maxDets budget (1..MAX_DETS_CAP).
-        backend: ``pycocotools`` or ``faster_coco_eval``.
+        backend: one of :data:`BACKENDS` (``pycocotools``, ``faster_coco_eval``, ``detectron2_fast``).
         class_names: per-class keys ``AP-<name>``, in the ground truth's category-id order.
         img_ids: evaluate only these images.
 

@@ -26,6 +26,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes
 
+from ugs_d2.compat import fcos_labels_images_without_boxes
 from ugs_d2.modeling.config import build_localization, stage_mode, validate_ugs_config
 from ugs_d2.modeling.dense import DenseUGSMixin, head_norm, widen_box_conv
 from ugs_d2.modeling.refinement import RefinementSettings, scale_detection_losses
@@ -127,17 +128,18 @@ class UGSFCOS(DenseUGSMixin, FCOS):
 
     @torch.no_grad()
     def label_anchors(self, anchors, gt_instances):
-        """detectron2's labels, plus images without any GT box: background everywhere.
+        """detectron2's labels; on detectron2 0.6 also for images without any GT box.
 
-        detectron2 0.6's ``FCOS.match_anchors`` fails on such an image (a max over zero GT
-        boxes), which real datasets and crops do produce; the images with boxes are labelled
-        by detectron2 unchanged.
+        0.6's ``FCOS.match_anchors`` fails on such an image (a max over zero GT boxes), which
+        real datasets and crops do produce: there, the images with boxes are labelled by
+        detectron2 unchanged and the others background everywhere, with ``Boxes`` as 0.6's own
+        labels. Upstream main labels them itself (``compat.fcos_labels_images_without_boxes``).
 
         Returns:
-            N label tensors (R,) and N Boxes (R, 4), as detectron2's.
+            N label tensors (R,) and N matched boxes (R, 4), of detectron2's types.
         """
         nonempty = [g for g in gt_instances if len(g) > 0]
-        if len(nonempty) == len(gt_instances):
+        if len(nonempty) == len(gt_instances) or fcos_labels_images_without_boxes():
             return super().label_anchors(anchors, gt_instances)
         labelled = iter(zip(*super().label_anchors(anchors, nonempty))) if nonempty else iter(())
         num_anchors = sum(len(a) for a in anchors)
