@@ -687,9 +687,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     from ugs_d2.cli import bench_sahi  # here, not at the top: bench_sahi imports this module
     from ugs_d2.cli import bench_cocoeval
+    from ugs_d2.cli import bench_anchors
 
     bench_sahi.add_parser(sub)
     bench_cocoeval.add_parser(sub, PROG)
+    bench_anchors.add_parser(sub)
     return parser
 
 
@@ -709,6 +711,10 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
         from ugs_d2.cli import bench_sahi
 
         return bench_sahi.run_command_line(args, argv, invoked_as)
+    if args.command == "anchors":
+        from ugs_d2.cli import bench_anchors
+
+        return bench_anchors.run_command_line(args, argv, invoked_as)
     if args.command == "cocoeval":
         from ugs_d2.cli import bench_cocoeval
 
