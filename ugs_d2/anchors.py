@@ -644,7 +644,8 @@ def learn_anchors(
     evolve_objective = None
     if fit_objective is not None:
         def evolve_objective(s: np.ndarray, r: np.ndarray) -> float:
-            return fit_objective(level_anchor_wh(s.tolist(), r.tolist()))
+            # scored as written (round_anchors' decimals), so rounding cannot drop a bucket below the floor
+            return fit_objective(level_anchor_wh(np.round(s, 1).tolist(), np.round(r, 3).tolist()))
 
     served = np.bincount(assign_levels(np.sqrt(wh.prod(axis=1)), strides), minlength=len(strides))
     runs: List[Tuple[Any, Tuple[int, int], LevelAnchors]] = []
