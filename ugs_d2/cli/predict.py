@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                        "tiles, else 512)")
     tiled.add_argument("--overlap", type=float, default=None,
                        help="in [0, 1) (default: the run's tiling.overlap if it trained on tiles, else 0.2)")
-    tiled.add_argument("--batch-size", type=int, default=8, help="windows per forward call (default: 8)")
+    tiled.add_argument("--batch-size", type=int, default=None,
+                       help="windows per forward call (default: 1 on CPU, 8 on CUDA)")
     tiled.add_argument("--full-image", action="store_true",
                        help="add a pass of the whole image at the run's test size")
     tiled.add_argument("--upscale", action="store_true", help="resize windows to the run's test size")
@@ -252,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             _draw(image, instances, class_names, os.path.join(args.vis, f"{stem}.png"))
     write_json_atomic(args.out, results)
     share = 100 * (1 - model_s / total_s) if total_s > 0 else 0.0
-    mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {args.batch_size}" if args.tiled else "whole image"
+    mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {predictor.batch_size}" if args.tiled else "whole image"
     print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in {total_s:.2f} s, "
           f"{share:.1f}% outside the model's forward")
     print(f"[{PROG}] wrote {args.out}")
