@@ -126,14 +126,19 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
                   f"{format_lists(fit.ratios, ',')}; levels reset to detectron2 defaults by the floor check: "
                   f"{', '.join(LEVELS[i] for i in fit.floor_levels) or 'none'}; buckets below detectron2 defaults "
                   f"after it: {', '.join(f'{b} at {t:g}' for b, t in r['below_floor']) or 'none'}."]
-        lines += ["", "| fit | evolutions | generations each | wall s | CPU s | wall per evolution of 1000 generations | vs YOLOv5-style |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| fit | evolutions | generations each | wall s | CPU s | wall per evolution of 1000 generations | "
+                  "vs YOLOv5-style | CPU s per evolution of 1000 generations | vs YOLOv5-style (CPU) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        ycpu = t["yolo"][1] * 1000.0 / max(g, 1)
         for label, key in [("ugs-anchors --objective grid", "grid"), ("ugs-anchors --objective grid --no-floor", "free"),
                            ("ugs-anchors --objective ratio", "ratio"), ("YOLOv5-style k-means + evolution", "yolo")]:
             (s, c), n = t[key], n_evo.get(key, 1)
             per = s / n * 1000.0 / max(g, 1)
             yper = ys * 1000.0 / max(g, 1)
-            lines.append(f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | {per / yper:.2f}x |")
+            cper = c / n * 1000.0 / max(g, 1)
+            lines.append(f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | {per / yper:.2f}x | {cper:.2f} | "
+                         f"{cper / ycpu:.2f}x |" if ycpu > 0 else f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | "
+                         f"{per / yper:.2f}x | {cper:.2f} | n/a |")
         lines.append("")
     lines += [
         "Notes:", "",
@@ -149,7 +154,8 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         "level by area. Free (w, h) do not fit detectron2's sizes x ratios per level; the grid numbers use them as they are.",
         "- ugs-anchors evolves every layout of 3 anchors per level (1x3 and 3x1) from its k-means start, and with the "
         "floor once more from detectron2's defaults (3 evolutions; 2 without the floor or with the ratio objective); "
-        "the per-evolution column is comparable with YOLOv5-style's single evolution.",
+        "the per-evolution column is comparable with YOLOv5-style's single evolution. The `vs YOLOv5-style` columns are "
+        "time ratios (> 1: slower than YOLOv5-style); CPU time is the steadier one on a shared machine.",
         "- The floor: no size bucket, at IoU 0.5 or 0.7, may end with fewer covered boxes than detectron2's defaults "
         "(a deficit of one box outweighs any recall gain in the fitness; after rounding, levels are reset to "
         "detectron2's default anchors of the level until no bucket is short, `ugs_d2.anchors.enforce_floor`). "
