@@ -158,9 +158,10 @@ def test_report_ratios_and_shares_by_hand():
     outcome["summaries"]["ours_fast"], outcome["variants"]["ours_fast"] = fast, 1
     outcome["agreement"]["ours_fast"] = agreement({"detections": dets}, {"detections": dets})
     report = format_report(outcome, "ugs-bench sahi --images 1", "2026-01-01T00:00:00+00:00", 12.0, [1.0, 2.0])
-    assert ("**Targets, new path** (ours_fast): 1.40x as fast as matched SAHI by wall time, 1.40x by CPU time "
-            "(misses >= 1.5x); agreement 100.0% at IoU >= 0.9 (meets >= 99%); peak RSS 3 MB vs matched SAHI's 2 MB "
-            "(misses no higher).") in report
+    assert ("**Targets, new path** (ours_fast): 1.40x as fast as matched SAHI by wall time (misses >= 1.5x), 1.40x by "
+            "CPU time (misses; on a loaded machine wall time mostly measures the scheduler, so the target counts as met "
+            "only when both meet it: misses); agreement 100.0% at IoU >= 0.9 (meets >= 99%); peak RSS 3 MB vs matched "
+            "SAHI's 2 MB (misses no higher).") in report
     assert next(line for line in report.splitlines() if line.startswith("| ours_fast |")).startswith(
         "| ours_fast | as ours with TiledPredictor's defaults: 1 tile(s) per forward, optimized inference copy")
 

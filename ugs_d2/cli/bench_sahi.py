@@ -743,8 +743,11 @@ def _fast_target_lines(outcome: Dict[str, Any], base: Dict[str, Any], target_spe
     memory = "cuda_peak_mb" if cuda else "peak_rss_mb"
     ok = lambda good: "meets" if good else "misses"  # noqa: E731
     return [
-        f"**Targets, new path** ({FAST}): {speed:.2f}x as fast as matched SAHI by wall time, {cpu_speed:.2f}x by CPU "
-        f"time ({ok(speed >= target_speed)} >= {target_speed}x); agreement {_pct(worst)} at IoU >= {AGREEMENT_IOU} "
+        f"**Targets, new path** ({FAST}): {speed:.2f}x as fast as matched SAHI by wall time "
+        f"({ok(speed >= target_speed)} >= {target_speed}x), {cpu_speed:.2f}x by CPU time "
+        f"({ok(cpu_speed >= target_speed)}; on a loaded machine wall time mostly measures the scheduler, so the target "
+        f"counts as met only when both meet it: {ok(min(speed, cpu_speed) >= target_speed)}); "
+        f"agreement {_pct(worst)} at IoU >= {AGREEMENT_IOU} "
         f"({ok(worst >= TARGETS['agreement'])} >= {100 * TARGETS['agreement']:.0f}%); peak "
         f"{'CUDA memory' if cuda else 'RSS'} {fast[memory]:.0f} MB vs matched SAHI's {base[memory]:.0f} MB "
         f"({ok(fast[memory] <= base[memory])} no higher).",
