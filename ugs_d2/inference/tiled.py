@@ -588,6 +588,8 @@ class TiledInferenceModel(nn.Module):
     def __init__(self, model: nn.Module, **predictor_kwargs):
         super().__init__()
         self.model = model
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # a live DDP model: no private copy
+            predictor_kwargs.setdefault("optimize", False)
         self.predictor = TiledPredictor(model, **predictor_kwargs)
 
     @classmethod
