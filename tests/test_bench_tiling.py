@@ -55,6 +55,22 @@ def test_every_model_and_mode_is_evaluated_end_to_end(tiny_run, tmp_path):
     assert outcome["setup"]["gt_per_image"] > 10 and outcome["setup"]["share_under_16"] > 0.2
 
 
+def test_whole_image_budget_is_raised_for_the_block_and_restored(tiny_run):
+    from ugs_d2.cli.bench_tiling import whole_image_budget
+    from ugs_d2.inference.tiled import load_model
+
+    model = load_model(str(tiny_run))
+    before = (model.roi_heads.box_predictor.test_topk_per_image, dict(model.proposal_generator.post_nms_topk),
+              dict(model.proposal_generator.pre_nms_topk))
+    with whole_image_budget(model, 700):
+        assert model.roi_heads.box_predictor.test_topk_per_image == 700
+        assert model.proposal_generator.post_nms_topk[False] == 700
+        assert model.proposal_generator.pre_nms_topk[False] == max(before[2][False], 1400)
+        assert model.proposal_generator.post_nms_topk[True] == before[1][True]  # training values untouched
+    assert (model.roi_heads.box_predictor.test_topk_per_image, dict(model.proposal_generator.post_nms_topk),
+            dict(model.proposal_generator.pre_nms_topk)) == before
+
+
 def test_bad_options_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^ugs-bench: --run: expected NAME=RUN_DIR, got 'x'$"):
         run_command_line(["tiling", "--run", "x", "--out", str(tmp_path / "a.md")])
