@@ -51,7 +51,7 @@ def test_every_model_and_mode_is_evaluated_end_to_end(tiny_run, tmp_path):
     tiled, full = rows[1], rows[2]
     assert full["detections_per_image"] >= tiled["detections_per_image"] * 0.5
     text = out.read_text()
-    assert text == outcome["report"] and "| a | no | tiled+full |" in text
+    assert text == outcome["report"] and "| a | no | tiled+full | 256 px, overlap 0.2 |" in text
     assert outcome["setup"]["gt_per_image"] > 10 and outcome["setup"]["share_under_16"] > 0.2
 
 
@@ -78,3 +78,23 @@ def test_bad_options_are_one_line(tmp_path):
         run_command_line(["tiling", "--run", "m=/nonexistent", "--images", "1", "--size", "64x64",
                           "--out", str(tmp_path / "a.md")])
     assert not (tmp_path / "a.md").exists()
+
+
+def test_a_model_trained_on_tiles_gets_its_own_tiles_by_default(tiny_run, tmp_path):
+    import shutil
+
+    from detectron2.config import CfgNode
+
+    tiles_run = tmp_path / "tiles_run"
+    shutil.copytree(tiny_run, tiles_run)
+    with open(tiles_run / "detectron2_config.yaml") as f:
+        cfg = CfgNode.load_cfg(f)
+    cfg.TILING.TRAIN.ENABLED, cfg.TILING.TILE, cfg.TILING.OVERLAP = True, 96, 0.25
+    with open(tiles_run / "detectron2_config.yaml", "w") as f:
+        f.write(cfg.dump())
+    outcome = run_command_line(["tiling", "--run", f"full={tiny_run}", "--run", f"tiles={tiles_run}", "--images", "1",
+                                "--size", "300x200", "--max-dets", "300", "--out", str(tmp_path / "t.md")])
+    tiles = {(r["run"], r["mode"]): r["tile"] for r in outcome["rows"]}
+    assert tiles[("full", "tiled")] == (512, 0.2) and tiles[("tiles", "tiled")] == (96, 0.25)
+    assert tiles[("tiles", "whole")] is None
+    assert "| tiles | yes | tiled | 96 px, overlap 0.25 |" in outcome["report"]

@@ -31,6 +31,7 @@ import numpy as np
 __all__ = ["MODES", "scene_coco", "run_tiling_bench", "format_report", "add_parser", "run_command_line"]
 
 MODES = ("whole", "tiled", "tiled+full")
+DEFAULT_TILE = 512  # --tile unset: for models trained on full images
 METRICS = ("AP", "AP50", "APs", "APvt", "APt")
 
 
@@ -117,10 +118,13 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
             test_size = (min(height, width), max(height, width))
         tiling = cfg.get("TILING")
         trained_on_tiles = bool(tiling is not None and tiling.TRAIN.ENABLED)
+        run_tile, run_overlap = tile, overlap
+        if tile is None:  # a model trained on tiles gets its own tiles, others DEFAULT_TILE
+            run_tile, run_overlap = ((int(tiling.TILE), float(tiling.OVERLAP)) if trained_on_tiles else (DEFAULT_TILE, overlap))
         for mode in MODES:
             predictor = None
             if mode != "whole":
-                predictor = TiledPredictor(model, tile=tile, overlap=overlap, full_image=mode == "tiled+full",
+                predictor = TiledPredictor(model, tile=run_tile, overlap=run_overlap, full_image=mode == "tiled+full",
                                            test_size=test_size, max_detections=max_dets)
             detections, times, cpu_times = [], [], []
             for i, (image_rgb, _, _) in enumerate(scenes, start=1):
@@ -139,6 +143,7 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
             metrics = ({k: float("nan") for k in METRICS} if not detections else
                        evaluate_detections(gt, detections, bucket_sets=["aitod"], max_dets=max_dets))
             rows.append({"run": name, "run_dir": run_dir, "mode": mode, "trained_on_tiles": trained_on_tiles,
+                         "tile": None if mode == "whole" else (run_tile, run_overlap), "whole_size": test_size,
                          "metrics": {k: metrics.get(k, float("nan")) for k in METRICS},
                          "s_per_image": statistics.median(times), "cpu_s_per_image": statistics.median(cpu_times),
                          "detections_per_image": len(detections) / num_images})
@@ -162,16 +167,18 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
              f"- scenes: {s['num_images']} synthetic {width}x{height} images (grids of 256 px embedded scenes, seed "
              f"{s['seed']}), {s['gt_per_image']:.0f} objects per image, {100 * s['share_under_16']:.0f}% under 16 px "
              f"(sqrt of area), {100 * s['share_under_8']:.0f}% under 8 px",
-             f"- tiles {s['tile']} px, overlap {s['overlap']}, NMS/IoU 0.5; whole-image pass at "
+             f"- tiles {'per model (its own tiling.tile if trained on tiles, else ' + str(DEFAULT_TILE) + ' px)' if s['tile'] is None else str(s['tile']) + ' px'}"
+             f", overlap {s['overlap']} unless the model's own, NMS/IoU 0.5; whole-image pass at "
              f"{'the model test size' if s['whole_size'] is None else s['whole_size']}; COCOeval maxDets {s['max_dets']}; "
              f"device {s['device']}", "",
-             "| model | trained on tiles | mode | AP | AP50 | APs | APvt (<8 px) | APt (8-16 px) | detections/image | s/image "
-             "| CPU s/image |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | trained on tiles | mode | tiles | AP | AP50 | APs | APvt (<8 px) | APt (8-16 px) | detections/image "
+             "| s/image | CPU s/image |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in outcome["rows"]:
         m = r["metrics"]
         cells = " | ".join("n/a" if v != v else f"{v:.2f}" for v in (m[k] for k in METRICS))
-        lines.append(f"| {r['run']} | {'yes' if r['trained_on_tiles'] else 'no'} | {r['mode']} | {cells} | "
+        tiles = "-" if r["tile"] is None else f"{r['tile'][0]} px, overlap {r['tile'][1]:g}"
+        lines.append(f"| {r['run']} | {'yes' if r['trained_on_tiles'] else 'no'} | {r['mode']} | {tiles} | {cells} | "
                      f"{r['detections_per_image']:.0f} | {r['s_per_image']:.2f} | {r['cpu_s_per_image']:.2f} |")
     lines += ["", "AP values in percent (COCO, pooled over classes); APvt/APt: AI-TOD's area ranges. s/image: median wall "
               "time of one call (image array in, detections out); CPU s/image: this process's CPU time over it (steadier "
@@ -201,7 +208,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a ugs-train run directory (detectron2_config.yaml + model_final.pth) and its label; repeatable")
     parser.add_argument("--images", type=int, default=4, help="number of scenes (default 4)")
     parser.add_argument("--size", default="3000x2000", help="scene size WIDTHxHEIGHT (default 3000x2000)")
-    parser.add_argument("--tile", type=int, default=512, help="tile side in px (default 512)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile side in px for every model (default: a model trained on tiles uses its own tiling.tile "
+                        "and overlap, the others 512)")
     parser.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default 0.2)")
     parser.add_argument("--whole-size", default=None, metavar="MIN,MAX",
                         help="test resize of the whole-image pass (default: each model's test size)")
