@@ -292,3 +292,163 @@ def test_cli_rejects_a_dataset_without_boxes(tmp_path):
     with pytest.raises(SystemExit, match=r"^ugs-anchors: .*train.json: no box with positive width and height$"):
         ugs_anchors([data, "--no-progress", "--out", str(tmp_path / "a.yaml")])
     assert not (tmp_path / "a.yaml").exists()
+
+
+# ------------------------------------------------------------ grid objective (detectron2 matching)
+def _random_boxes(n, height, width, seed=0, lo=2.0, hi=120.0):
+    rng = np.random.default_rng(seed)
+    size = np.exp(rng.uniform(math.log(lo), math.log(hi), n))
+    aspect = np.exp(rng.uniform(math.log(0.3), math.log(3.0), n))
+    w, h = size / np.sqrt(aspect), size * np.sqrt(aspect)
+    cx, cy = rng.uniform(0, width, n), rng.uniform(0, height, n)
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])
+def test_grid_iou_and_counts_equal_detectron2s_anchors_and_pairwise_iou(offset):
+    import torch
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+    from detectron2.structures import Boxes, pairwise_iou
+
+    height, width = 100, 130
+    boxes = _random_boxes(300, height, width, seed=1)
+    sizes = [[6.0, 9.0], [12.0, 20.0], [30.0, 50.0], [64.0, 100.0], [130.0, 200.0]]
+    ratios = [[0.5], [1.0], [2.0], [0.7], [1.3]]
+    gb = A.GridBoxes.build(boxes, np.tile([height, width], (len(boxes), 1)), STRIDES, offset=offset)
+    generator = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=ratios, strides=[int(s) for s in STRIDES], offset=offset)
+    anchors = Boxes.cat(generator([torch.zeros(1, 1, *gb.grid[0, level]) for level in range(5)]))
+    iou = pairwise_iou(Boxes(torch.tensor(boxes, dtype=torch.float32)), anchors).numpy()
+    level_wh = A.level_anchor_wh(sizes, ratios)
+    assert A.grid_best_iou(gb, level_wh) == pytest.approx(iou.max(axis=1), abs=1e-5)
+    for t in (0.3, 0.5, 0.7):
+        assert A.grid_counts(gb, level_wh, t).tolist() == (iou >= t).sum(axis=1).tolist()
+
+
+def test_grid_iou_by_hand():
+    # a 16 px box centred at (10, 10) and a 16 px anchor on stride 4: the nearest positions are
+    # 8 and 12 (a tie, rounded up to 12): overlap 14 x 14 = 196, union 512 - 196 -> 0.6203
+    gb = A.GridBoxes(np.array([[2.0, 2.0, 18.0, 18.0]]), np.array([[[8, 8]]]), np.array([4.0]))
+    assert A.grid_iou(gb, [np.array([[16.0, 16.0]])])[0, 0] == pytest.approx(196 / 316)
+    # with offset 0.5 the centres are at 2, 6, 10, ...: a perfect fit
+    half = A.GridBoxes(gb.boxes, gb.grid, gb.strides, offset=0.5)
+    assert A.grid_iou(half, [np.array([[16.0, 16.0]])])[0, 0] == pytest.approx(1.0)
+    # a box beyond the last grid position (8 positions: centres 0..28) is matched at 28
+    far = A.GridBoxes(np.array([[40.0, 0.0, 48.0, 8.0]]), np.array([[[8, 8]]]), np.array([4.0]))
+    assert A.grid_iou(far, [np.array([[8.0, 8.0]])])[0, 0] == 0.0
+    # the 16 px anchor at IoU >= 0.5 around (10, 10): the positions 8, 12 in x and y, all four
+    # at 196 / 316 (4 anchors); at 0.62 none
+    assert A.grid_counts(gb, [np.array([[16.0, 16.0]])], 0.5).tolist() == [4]
+    assert A.grid_counts(gb, [np.array([[16.0, 16.0]])], 0.63).tolist() == [0]
+    assert A.size_buckets(np.array([[0, 0, 7.9, 8], [0, 0, 8, 8], [0, 0, 16, 16], [0, 0, 95, 95], [0, 0, 96, 96]])).tolist() \
+        == [0, 1, 2, 3, 4]
+
+
+def test_grid_shapes_are_the_feature_maps_of_the_real_fpn():
+    import torch
+    from detectron2.modeling import build_backbone
+    from ugs_d2.cli.validate import _compose
+    from ugs_d2.config import to_detectron2_cfg
+
+    cfg = to_detectron2_cfg(_compose(["device=cpu", "model.backbone.fpn_channels=16"]), num_classes=1)
+    backbone = build_backbone(cfg).eval()
+    assert backbone.size_divisibility == A.SIZE_DIVISIBILITY
+    for h, w in [(100, 130), (256, 256), (37, 200)]:
+        padded = [int(math.ceil(v / 32) * 32) for v in (h, w)]
+        with torch.no_grad():
+            feats = backbone(torch.zeros(1, 3, *padded))
+        want = [list(feats[f"p{n}"].shape[-2:]) for n in range(2, 7)]
+        assert A.grid_shapes(np.array([[h, w]]), STRIDES)[0].tolist() == want
+
+
+def test_grid_objective_counts_the_deficit_against_the_floor_by_hand():
+    # three boxes: 6 px (bucket <8), 20 px (16-32), 100 px (>=96), one 256 px image
+    boxes = np.array([[10, 10, 16, 16], [40, 40, 60, 60], [100, 100, 200, 200]], dtype=float)
+    gb = A.GridBoxes.build(boxes, np.array([[256, 256]] * 3), STRIDES)
+    floor = A.detectron2_default_anchors(STRIDES)
+    objective = A.GridObjective(gb, 0.7, floor=floor)
+    floor_best = A.grid_best_iou(gb, A.level_anchor_wh(*floor))
+    assert objective.deficit(floor_best) == 0
+    assert objective.score(floor_best) == pytest.approx((floor_best >= 0.7).mean() + floor_best.mean() / 4)
+    # anchors that only fit the tiny box: the 100 px box loses its floor coverage at 0.5 and 0.7
+    tiny_only = [np.array([[6.0, 6.0]])] + [np.array([[float(s), float(s)]]) for s in STRIDES[1:]]
+    best = A.grid_best_iou(gb, tiny_only)
+    covered_floor = [(floor_best[2] >= t) for t in objective.thresholds]
+    assert objective.deficit(best) == sum(covered_floor) >= 1
+    assert objective.score(best) < 0  # any deficit outweighs all recall
+
+
+def test_grid_learning_keeps_every_bucket_at_or_above_detectron2_and_beats_it():
+    boxes = np.concatenate([_random_boxes(500, 256, 256, seed=2, lo=4, hi=16), _random_boxes(100, 256, 256, seed=3, lo=40, hi=150)])
+    boxes = np.clip(boxes, 0, 256)
+    boxes = boxes[(boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)]
+    gb = A.GridBoxes.build(boxes, np.tile([256, 256], (len(boxes), 1)), STRIDES)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    learned = A.learn_anchors(wh, STRIDES, 3, generations=60, seed=0, grid=gb)
+    assert set(learned.final_fitness) == {(1, 3), (3, 1), "floor"} and learned.objective == "grid"
+    assert len({len(s) * len(r) for s, r in zip(learned.sizes, learned.ratios)}) == 1
+    ours = A.grid_metrics(gb, A.level_anchor_wh(learned.sizes, learned.ratios), counts=False)
+    d2 = A.grid_metrics(gb, A.level_anchor_wh(*A.detectron2_default_anchors(STRIDES)), counts=False)
+    for t in A.REPORT_IOUS:
+        assert all(a >= b for a, b in zip(ours.bucket_covered[t], d2.bucket_covered[t])), t
+    assert ours.recall[0.7] > d2.recall[0.7] and learned.deficit == 0
+
+
+def test_enforce_floor_resets_levels_until_no_bucket_is_short():
+    boxes = np.array([[100, 100, 164, 164], [10, 10, 16, 16]], dtype=float)  # a 64 px and a 6 px box
+    gb = A.GridBoxes.build(boxes, np.array([[256, 256]] * 2), STRIDES)
+    objective = A.GridObjective(gb, 0.7, floor=A.detectron2_default_anchors(STRIDES))
+    tiny = [[6.0]] * 5
+    ratios = [[0.5, 1.0, 2.0]] * 5
+    assert objective.deficit(A.grid_best_iou(gb, A.level_anchor_wh(tiny, ratios))) > 0
+    sizes, new_ratios, replaced, deficit = A.enforce_floor(objective, tiny, ratios, STRIDES, 3)
+    assert deficit == 0 and replaced
+    for level in replaced:
+        assert sizes[level] == [8.0 * STRIDES[level]] and new_ratios[level] == [0.5, 1.0, 2.0]
+    assert objective.deficit(A.grid_best_iou(gb, A.level_anchor_wh(sizes, new_ratios))) == 0
+    assert A.floor_level_anchors(4.0, 6) == ([32.0 / math.sqrt(2.0), 32.0], [0.5, 1.0, 2.0])
+    assert A.floor_level_anchors(4.0, 4) is None
+
+
+def test_yolov5_style_baseline_is_seeded_and_improves_its_fitness():
+    wh = _skewed_tiny_boxes(n=300)
+    a = A.yolov5_style_anchors(wh, 15, generations=50, seed=0)
+    b = A.yolov5_style_anchors(wh, 15, generations=50, seed=0)
+    assert a.shape == (15, 2) and np.array_equal(a, b)
+    assert np.all(np.diff(a.prod(axis=1)) >= 0) and (a >= 2.0).all()
+    std = wh.std(axis=0)
+    start = A.kmeans(wh / std, 15, seed=0)[0] * std
+    assert A.fitness(wh, a) >= A.fitness(wh, start)
+
+
+def test_cli_ratio_objective_still_selectable_and_grid_table_printed(tmp_path, capsys):
+    data = _write_dataset(tmp_path / "train.json", _skewed_tiny_boxes(n=120))
+    ugs_anchors([data, "--input-size", "256", "--generations", "10", "--no-progress", "--objective", "ratio",
+                 "--out", str(tmp_path / "r.yaml")])
+    printed = capsys.readouterr().out
+    assert "on YOLOv5's ratio fitness (thr 4)" in printed and "objective ratio (thr 4)" in (tmp_path / "r.yaml").read_text()
+    assert "| detectron2 FPN defaults | 0.7 |" in printed and "| after (ratio objective) | 0.5 |" in printed
+    ugs_anchors([data, "--input-size", "256", "--generations", "10", "--no-progress", "--out", str(tmp_path / "g.yaml")])
+    printed = capsys.readouterr().out
+    assert "grid IoU >= 0.7" in printed and "| after (grid objective) | 0.7 |" in printed
+    with pytest.raises(SystemExit, match=r"^ugs-anchors: --iou: expected a number in \(0, 1\], got 1.5$"):
+        ugs_anchors([data, "--iou", "1.5", "--no-progress", "--out", str(tmp_path / "x.yaml")])
+
+
+def test_bench_anchors_reports_every_set_and_the_timing(tmp_path):
+    from ugs_d2.cli.bench import run_command_line
+    from ugs_d2.cli.bench_anchors import skewed_box_coco
+
+    coco = skewed_box_coco(2000, seed=1)
+    wh = np.array([a["bbox"][2:] for a in coco["annotations"]])
+    size = np.sqrt(wh.prod(axis=1))
+    assert len(wh) == 2000 and (size < 16).mean() == pytest.approx(0.70, abs=0.01)
+    assert ((size >= 40) & (size <= 120)).mean() == pytest.approx(0.12, abs=0.01)
+    out = tmp_path / "bench.md"
+    outcome = run_command_line(["anchors", "--skewed-boxes", "400", "--generations", "5", "--out", str(out)])
+    text = out.read_text()
+    assert text == outcome["report"]
+    for row in ("| detectron2 FPN defaults | 0.7 |", "| YOLOv5-style k-means+evolution", "| ugs-anchors --objective ratio | 0.5 |",
+                "| ugs-anchors --objective grid --no-floor | 0.7 |", "| YOLOv5-style k-means + evolution | 1 | 5 |"):
+        assert row in text
+    with pytest.raises(SystemExit, match="^ugs-bench: --dataset: expected JSON:INPUT_SIZE"):
+        run_command_line(["anchors", "--dataset", "train.json", "--out", str(tmp_path / "x.md")])

@@ -130,7 +130,7 @@ def _assert_same_detections(a, b, atol=1e-3):
 
 def test_tiled_equals_untiled_on_an_image_smaller_than_a_tile(tiny_model):
     image = _image(50, 60)
-    predictor = TiledPredictor(tiny_model, tile=64, overlap=0.2, batch_size=4)
+    predictor = TiledPredictor(tiny_model, tile=64, overlap=0.2, batch_size=4, optimize=False)  # exact: the model itself
     tiled = predictor(image)
     tensor = torch.as_tensor(image.transpose(2, 0, 1).astype("float32"))
     with torch.no_grad():
@@ -209,6 +209,69 @@ def test_full_image_pass_and_the_evaluation_wrapper(tiny_model):
 def test_bad_predictor_arguments(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         TiledPredictor(tiny_model, **kwargs)
+
+
+def _perturbed_bn_model(tiny_model):
+    """A copy of the tiny model whose batch norms have non-trivial running statistics."""
+    import copy
+
+    model = copy.deepcopy(tiny_model).eval()
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+    return model
+
+
+def test_fused_conv_bn_and_pointwise_heads_by_hand():
+    from detectron2.layers import Conv2d, FrozenBatchNorm2d
+
+    from ugs_d2.inference.tiled import PointwiseLinear, fuse_conv_bn_, replace_pointwise_heads_
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 7)
+    for norm in (torch.nn.BatchNorm2d(6), FrozenBatchNorm2d(6)):
+        norm.running_mean.copy_(torch.linspace(-1, 1, 6))
+        norm.running_var.copy_(torch.linspace(0.5, 2, 6))
+        norm.weight.data.copy_(torch.linspace(0.5, 1.5, 6))
+        norm.bias.data.copy_(torch.linspace(-0.2, 0.2, 6))
+        conv = Conv2d(4, 6, 3, padding=1, bias=False, norm=norm).eval()
+        with torch.no_grad():
+            want = conv(x)
+            assert fuse_conv_bn_(conv) == 1 and conv.norm is None
+            assert torch.allclose(conv(x), want, atol=1e-5)
+    training = Conv2d(4, 6, 3, norm=torch.nn.BatchNorm2d(6)).train()
+    assert fuse_conv_bn_(training) == 0  # batch statistics: nothing to fold
+    head = torch.nn.Sequential(torch.nn.Conv2d(4, 3, 1), torch.nn.Conv2d(4, 64, 1), torch.nn.Conv2d(4, 3, 3))
+    with torch.no_grad():
+        want = head[0](x)
+        assert replace_pointwise_heads_(head) == 1  # only the 1x1 with <= 32 outputs
+        assert isinstance(head[0], PointwiseLinear) and isinstance(head[1], torch.nn.Conv2d)
+        got = head[0](x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+
+
+def test_optimized_predictor_gives_the_same_detections_and_leaves_the_model_alone(tiny_model):
+    from ugs_d2.inference.tiled import optimize_for_inference
+
+    model = _perturbed_bn_model(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # original untouched
+    assert not any(getattr(m, "norm", None) is not None for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    image = _image(100, 120, seed=3)
+    plain = TiledPredictor(model, tile=64, overlap=0.25, batch_size=1, optimize=False)
+    auto = TiledPredictor(model, tile=64, overlap=0.25)  # CPU: optimized copy, batch size 1
+    assert auto.optimize and auto.batch_size == 1 and auto.model is not model and not plain.optimize
+    _assert_same_detections(plain(image), auto(image))
+    with pytest.raises(ValueError, match="autocast: bf16 is for a CUDA model; this one is on cpu"):
+        TiledPredictor(model, autocast="bf16")
+    with pytest.raises(ValueError, match="autocast: expected one of fp16, bf16 or None"):
+        TiledPredictor(model, autocast="int8")
 
 
 def test_bad_image(tiny_model):

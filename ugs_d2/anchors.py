@@ -72,6 +72,29 @@ __all__ = [
     "round_anchors",
     "LearnedAnchors",
     "learn_anchors",
+    "floor_level_anchors",
+    "enforce_floor",
+    "yolov5_style_anchors",
+    "DEFAULT_IOU",
+    "REPORT_IOUS",
+    "D2_OFFSET",
+    "SIZE_DIVISIBILITY",
+    "BUCKET_EDGES",
+    "BUCKET_NAMES",
+    "boxes_xyxy_at_input_scale",
+    "size_buckets",
+    "grid_shapes",
+    "level_anchor_wh",
+    "detectron2_default_anchors",
+    "GridBoxes",
+    "nearest_grid_index",
+    "centered_iou",
+    "grid_iou",
+    "grid_best_iou",
+    "grid_counts",
+    "GridMetrics",
+    "grid_metrics",
+    "GridObjective",
 ]
 
 DEFAULT_THR = 4.0  # YOLOv5's anchor_t: a box side may be up to 4x off its anchor's
@@ -79,6 +102,13 @@ MIN_SIDE = 3.0  # px at input scale: YOLOv5 warns about labels with a side under
 RANGE_LOW, RANGE_HIGH = 1.0, 8.0  # anchor sizes of a level lie in [1, 8] x its stride
 RATIO_LIMITS = (1.0 / 8.0, 8.0)  # learned aspect ratios (h / w) stay within these
 MAX_FIT_POINTS = 50_000  # more boxes: k-means and evolution run on a seeded subset of this size
+DEFAULT_IOU = 0.7  # detectron2's RPN.IOU_THRESHOLDS [0.3, 0.7]: anchors at IoU >= 0.7 are positives
+REPORT_IOUS = (0.5, 0.7)  # the thresholds every grid report shows
+D2_OFFSET = 0.0  # detectron2's MODEL.ANCHOR_GENERATOR.OFFSET default
+SIZE_DIVISIBILITY = 32  # detectron2's FPN pads every input to a multiple of its res5 stride
+BUCKET_EDGES = (8.0, 16.0, 32.0, 96.0)  # px of sqrt(w*h) at input scale
+BUCKET_NAMES = ("<8", "8-16", "16-32", "32-96", ">=96")
+COUNT_CHUNK = 2_000_000  # grid_counts: at most this many box-position pairs per numpy step
 
 
 # ---------------------------------------------------------------------------------- levels
@@ -144,7 +174,21 @@ def boxes_at_input_scale(
         skipped: counts of annotations left out: ``crowd``, ``unknown_image``, ``malformed``
             (not 4 finite numbers), ``non_positive`` (w or h <= 0).
     """
-    scales: Dict[Any, Tuple[float, float]] = {}
+    boxes, _, skipped = boxes_xyxy_at_input_scale(coco, min_size, max_size)
+    return boxes[:, 2:] - boxes[:, :2], skipped
+
+
+def boxes_xyxy_at_input_scale(
+    coco: Mapping[str, Any], min_size: int, max_size: int
+) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
+    """As :func:`boxes_at_input_scale`, with positions: what the grid objective needs.
+
+    Returns:
+        boxes: float array (N, 4) ``x0, y0, x1, y1`` in input pixels (after the resize).
+        image_hw: int array (N, 2): the resized (height, width) of each box's image.
+        skipped: as :func:`boxes_at_input_scale`.
+    """
+    scales: Dict[Any, Tuple[float, float, int, int]] = {}
     for image in coco.get("images", []):
         try:
             height, width = float(image["height"]), float(image["width"])
@@ -152,9 +196,10 @@ def boxes_at_input_scale(
             continue
         if height > 0 and width > 0:
             new_h, new_w = resized_shape(height, width, min_size, max_size)
-            scales[image.get("id")] = (new_w / width, new_h / height)
+            scales[image.get("id")] = (new_w / width, new_h / height, new_h, new_w)
     skipped = {"crowd": 0, "unknown_image": 0, "malformed": 0, "non_positive": 0}
-    rows: List[Tuple[float, float]] = []
+    rows: List[Tuple[float, float, float, float]] = []
+    sizes: List[Tuple[int, int]] = []
     for ann in coco.get("annotations", []):
         if not isinstance(ann, dict):
             skipped["malformed"] += 1
@@ -170,18 +215,20 @@ def boxes_at_input_scale(
         try:
             if isinstance(bbox, (str, bytes)) or len(bbox) != 4 or any(isinstance(v, bool) for v in bbox):
                 raise ValueError
-            w, h = float(bbox[2]), float(bbox[3])
+            x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
             skipped["malformed"] += 1
             continue
-        if not (math.isfinite(w) and math.isfinite(h)):
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
             skipped["malformed"] += 1
         elif w <= 0 or h <= 0:
             skipped["non_positive"] += 1
         else:
-            sx, sy = scales[image_id]
-            rows.append((w * sx, h * sy))
-    return np.array(rows, dtype=np.float64).reshape(-1, 2), skipped
+            sx, sy, new_h, new_w = scales[image_id]
+            rows.append((x * sx, y * sy, (x + w) * sx, (y + h) * sy))
+            sizes.append((new_h, new_w))
+    return (np.array(rows, dtype=np.float64).reshape(-1, 4), np.array(sizes, dtype=np.int64).reshape(-1, 2),
+            skipped)
 
 
 def count_under_min_side(wh: np.ndarray, min_side: float = MIN_SIDE) -> int:
@@ -421,6 +468,7 @@ def evolve(
     mutation_prob: float = 0.9,
     sigma: float = 0.1,
     progress: Optional[Callable[[int, float], None]] = None,
+    objective: Optional[Callable[[np.ndarray, np.ndarray], float]] = None,
 ) -> LevelAnchors:
     """YOLOv5's evolutionary refinement of the detectron2 parameters, inside the level rule.
 
@@ -433,15 +481,21 @@ def evolve(
 
     Args:
         progress: called after every generation with (generation, best fitness).
+        objective: ``(sizes (L, n_s), ratios (L, n_r)) -> fitness`` to maximise instead of
+            YOLOv5's ratio fitness on ``wh`` (e.g. ``lambda s, r:
+            GridObjective(...)(level_anchor_wh(s.tolist(), r.tolist()))``).
 
     Returns:
         the best parameters, with ``history`` = best fitness after each generation.
     """
+    if objective is None:
+        def objective(s: np.ndarray, r: np.ndarray) -> float:
+            return fitness(wh, cell_anchor_wh(s.tolist(), r.tolist()), thr)
     rng = np.random.default_rng(seed)
     lo, hi = level_ranges(strides)
     mutable = (start.served > 0)[:, None]
     sizes, ratios = start.sizes.copy(), start.ratios.copy()
-    best = fitness(wh, start.wh(), thr)
+    best = objective(sizes, ratios)
     history = []
     for generation in range(generations):
         factors = []
@@ -453,7 +507,7 @@ def evolve(
             factors.append(v)
         new_sizes = np.clip(sizes * factors[0], lo[:, None], hi[:, None])
         new_ratios = np.clip(ratios * factors[1], *RATIO_LIMITS)
-        candidate = fitness(wh, cell_anchor_wh(new_sizes.tolist(), new_ratios.tolist()), thr)
+        candidate = objective(new_sizes, new_ratios)
         if candidate > best:
             best, sizes, ratios = candidate, new_sizes, new_ratios
         history.append(best)
@@ -476,12 +530,67 @@ def round_anchors(anchors: LevelAnchors, strides: np.ndarray, size_decimals: int
 @dataclass
 class LearnedAnchors:
     """The result of :func:`learn_anchors`: the fittest layout's rounded parameters and, per
-    tried layout ``(n_sizes, n_ratios)``, the fitness of its k-means start and of its result."""
+    tried layout ``(n_sizes, n_ratios)``, the fitness of its k-means start and of its result.
+
+    ``sizes`` / ``ratios`` are what to write (lists per level): ``anchors`` as lists, except for
+    the levels in ``floor_levels``, which the final floor check (:func:`enforce_floor`) set to
+    detectron2's default anchors of that level. ``deficit``: boxes still short of the floor
+    after it (0 unless no floor-compatible fallback exists for this ``per_level``).
+    """
 
     anchors: LevelAnchors
     layout: Tuple[int, int]
     start_fitness: Dict[Tuple[int, int], float]
     final_fitness: Dict[Tuple[int, int], float]
+    sizes: List[List[float]] = field(default_factory=list)
+    ratios: List[List[float]] = field(default_factory=list)
+    floor_levels: List[int] = field(default_factory=list)
+    deficit: int = 0
+    objective: str = "ratio"
+    starts: Dict[Any, LevelAnchors] = field(default_factory=dict)  # by layout, and "floor" (see learn_anchors)
+    start: Any = None  # the key of starts the result evolved from
+
+
+def floor_level_anchors(stride: float, per_level: int) -> Optional[Tuple[List[float], List[float]]]:
+    """The fallback of one level for :func:`enforce_floor`: detectron2's default anchors of the
+    level (size ``8 x stride``, ratios 0.5, 1, 2) when ``per_level`` is 3; for ``per_level = 3 m``
+    those plus ``m - 1`` smaller sizes (``8 s / sqrt(2)^j``) with the same ratios, a superset of
+    the defaults; None when ``per_level`` is not a multiple of 3 (no superset exists)."""
+    if per_level % 3:
+        return None
+    m = per_level // 3
+    return sorted(8.0 * stride / math.sqrt(2.0) ** j for j in range(m)), [0.5, 1.0, 2.0]
+
+
+def enforce_floor(objective: "GridObjective", sizes: List[List[float]], ratios: List[List[float]],
+                  strides: np.ndarray, per_level: int) -> Tuple[List[List[float]], List[List[float]], List[int], int]:
+    """Replace levels by :func:`floor_level_anchors` until no size bucket is below the floor.
+
+    Greedy: while ``objective.deficit`` > 0, replace the not yet replaced level whose
+    replacement leaves the smallest deficit (ties: the higher fitness). Replacing every level
+    gives a superset of detectron2's defaults on every level, so the deficit ends at 0 whenever
+    a fallback exists. Returns (sizes, ratios, replaced level indices, remaining deficit).
+    """
+    sizes, ratios = [list(s) for s in sizes], [list(r) for r in ratios]
+
+    def best_iou(s, r):
+        return grid_best_iou(objective.gb, level_anchor_wh(s, r))
+
+    deficit = objective.deficit(best_iou(sizes, ratios))
+    replaced: List[int] = []
+    fallbacks = [floor_level_anchors(float(st), per_level) for st in strides]
+    while deficit > 0 and any(fb is not None and i not in replaced for i, fb in enumerate(fallbacks)):
+        trials = []
+        for level, fb in enumerate(fallbacks):
+            if fb is None or level in replaced:
+                continue
+            s = sizes[:level] + [fb[0]] + sizes[level + 1:]
+            r = ratios[:level] + [fb[1]] + ratios[level + 1:]
+            b = best_iou(s, r)
+            trials.append((objective.deficit(b), -objective.score(b), level, s, r))
+        deficit, _, level, sizes, ratios = min(trials, key=lambda t: t[:3])
+        replaced.append(level)
+    return sizes, ratios, sorted(replaced), deficit
 
 
 def learn_anchors(
@@ -494,6 +603,9 @@ def learn_anchors(
     candidate_layouts: Optional[Sequence[Tuple[int, int]]] = None,
     progress_factory: Optional[Callable[[Tuple[int, int]], Optional[Callable[[int, float], None]]]] = None,
     max_points: int = MAX_FIT_POINTS,
+    grid: Optional["GridBoxes"] = None,
+    iou: float = DEFAULT_IOU,
+    floor: bool = True,
 ) -> LearnedAnchors:
     """k-means start, evolution and rounding for every layout; the fittest rounded result wins.
 
@@ -504,20 +616,324 @@ def learn_anchors(
         max_points: k-means and evolution use a seeded random subset of this many boxes when
             there are more (each generation costs O(N x anchors)); the reported fitness values
             are on all boxes.
+        grid: the same N boxes with positions (:class:`GridBoxes`): the fitness is then
+            detectron2's matching (:class:`GridObjective` at ``iou``; with ``floor``, no size
+            bucket may end below detectron2's defaults, checked on all boxes after rounding by
+            :func:`enforce_floor`). None: YOLOv5's ratio fitness (``thr``). With the floor and
+            a ``(per_level / 3) x 3`` layout, one more evolution starts from the floor itself
+            (key ``"floor"`` in ``start_fitness`` / ``final_fitness``; :func:`floor_level_anchors`).
     """
     candidate_layouts = list(candidate_layouts or layouts(per_level))
-    fit_wh = wh
+    index = np.arange(len(wh))
     if len(wh) > max_points:
-        fit_wh = wh[np.sort(np.random.default_rng(seed).choice(len(wh), max_points, replace=False))]
-    results = []
-    start_fitness, final_fitness = {}, {}
+        index = np.sort(np.random.default_rng(seed).choice(len(wh), max_points, replace=False))
+    fit_wh = wh[index]
+    full_objective = fit_objective = None
+    if grid is not None:
+        if len(grid) != len(wh):
+            raise ValueError(f"grid has {len(grid)} boxes but wh {len(wh)}")
+        d2 = detectron2_default_anchors(strides) if floor else None
+        full_objective = GridObjective(grid, iou, floor=d2)
+        fit_objective = GridObjective(grid.subset(index), iou, floor=d2) if len(index) < len(wh) else full_objective
+
+    def full_score(anchors: LevelAnchors) -> float:
+        if full_objective is None:
+            return fitness(wh, anchors.wh(), thr)
+        return full_objective(level_anchor_wh(anchors.sizes.tolist(), anchors.ratios.tolist()))
+
+    evolve_objective = None
+    if fit_objective is not None:
+        def evolve_objective(s: np.ndarray, r: np.ndarray) -> float:
+            # scored as written (round_anchors' decimals), so rounding cannot drop a bucket below the floor
+            return fit_objective(level_anchor_wh(np.round(s, 1).tolist(), np.round(r, 3).tolist()))
+
+    served = np.bincount(assign_levels(np.sqrt(wh.prod(axis=1)), strides), minlength=len(strides))
+    runs: List[Tuple[Any, Tuple[int, int], LevelAnchors]] = []
     for layout in candidate_layouts:
         start = initial_anchors(fit_wh, strides, *layout, seed=seed)
-        start.served = np.bincount(assign_levels(np.sqrt(wh.prod(axis=1)), strides), minlength=len(strides))
-        start_fitness[layout] = fitness(wh, start.wh(), thr)
-        progress = progress_factory(layout) if progress_factory else None
-        final = round_anchors(evolve(fit_wh, start, strides, generations, thr, seed=seed, progress=progress), strides)
-        final_fitness[layout] = fitness(wh, final.wh(), thr)
-        results.append((final_fitness[layout], layout, final))
-    best = max(results, key=lambda r: r[0])  # first of equals: fewer sizes, more ratios
-    return LearnedAnchors(anchors=best[2], layout=best[1], start_fitness=start_fitness, final_fitness=final_fitness)
+        start.served = served
+        runs.append((layout, layout, start))
+    floor_layout = (per_level // 3, 3)
+    if full_objective is not None and full_objective.floor_covered is not None and floor_layout in candidate_layouts:
+        # a second start on the floor itself (detectron2's defaults, or a superset): the deficit
+        # is 0 there, so its evolution only accepts candidates that stay on or above the floor
+        fallbacks = [floor_level_anchors(float(st), per_level) for st in strides]
+        start = LevelAnchors(sizes=np.array([fb[0] for fb in fallbacks]), ratios=np.array([fb[1] for fb in fallbacks]),
+                             served=served)
+        runs.append(("floor", floor_layout, start))
+    results = []
+    start_fitness, final_fitness, starts = {}, {}, {}
+    for key, layout, start in runs:
+        starts[key] = start
+        start_fitness[key] = full_score(start)
+        progress = progress_factory(key) if progress_factory else None
+        final = round_anchors(evolve(fit_wh, start, strides, generations, thr, seed=seed, progress=progress,
+                                     objective=evolve_objective), strides)
+        final_fitness[key] = full_score(final)
+        results.append((final_fitness[key], layout, final, key))
+    best = max(results, key=lambda r: r[0])  # first of equals: fewer sizes, more ratios, k-means start
+    sizes, ratios = best[2].sizes.tolist(), best[2].ratios.tolist()
+    replaced, deficit = [], 0
+    if full_objective is not None and full_objective.floor_covered is not None:
+        sizes, ratios, replaced, deficit = enforce_floor(full_objective, sizes, ratios, strides, per_level)
+    return LearnedAnchors(anchors=best[2], layout=best[1], start_fitness=start_fitness, final_fitness=final_fitness,
+                          sizes=sizes, ratios=ratios, floor_levels=replaced, deficit=deficit,
+                          objective="ratio" if grid is None else "grid", starts=starts, start=best[3])
+
+
+# ------------------------------------------------------------------ YOLOv5-style baseline
+def yolov5_style_anchors(
+    wh: np.ndarray, n: int = 15, generations: int = 1000, thr: float = DEFAULT_THR, seed: int = 0,
+    progress: Optional[Callable[[int, float], None]] = None,
+) -> np.ndarray:
+    """YOLOv5's ``kmean_anchors`` reimplemented (for comparison and timing, not for training).
+
+    k-means of ``n`` free (w, h) on ``wh / wh.std(0)`` (YOLOv5 whitens, then scales back), then
+    ``generations`` of its evolution on all ``n x 2`` values (mutation as :func:`evolve`, anchors
+    clipped to >= 2 px) under its ratio fitness. Returns (n, 2) sorted by area.
+    """
+    std = wh.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    k = kmeans(wh / std, n, seed=seed)[0] * std
+    rng = np.random.default_rng(seed)
+    best = fitness(wh, k, thr)
+    for generation in range(generations):
+        v = np.ones(k.shape)
+        while (v == 1).all():
+            v = ((rng.random(k.shape) < 0.9) * rng.random() * rng.standard_normal(k.shape) * 0.1 + 1).clip(0.3, 3.0)
+        candidate = (k * v).clip(min=2.0)
+        f = fitness(wh, candidate, thr)
+        if f > best:
+            best, k = f, candidate
+        if progress is not None:
+            progress(generation, best)
+    return k[np.argsort(k.prod(axis=1))]
+
+
+# ------------------------------------------------------ grid objective: detectron2's own matching
+
+
+def size_buckets(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) xyxy boxes -> (N,) bucket index of ``sqrt(w*h)``: 0 ``<8``, 1 ``8-16`` (8 included),
+    2 ``16-32``, 3 ``32-96``, 4 ``>=96`` (:data:`BUCKET_NAMES`)."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return np.searchsorted(np.array(BUCKET_EDGES), np.sqrt(wh.prod(axis=1)), side="right")
+
+
+def grid_shapes(image_hw: np.ndarray, strides: np.ndarray, size_divisibility: int = SIZE_DIVISIBILITY) -> np.ndarray:
+    """Feature-map (height, width) of every level for images of size ``image_hw`` (N, 2).
+
+    detectron2 pads the batch to a multiple of ``size_divisibility`` (0: no padding); a ResNet +
+    FPN level of stride ``s`` (p6: max-pool of p5 with stride 2) then has ``ceil(padded / s)``
+    positions per side. Returns an int array (N, L, 2).
+    """
+    hw = np.asarray(image_hw, dtype=np.float64)
+    if size_divisibility and size_divisibility > 0:
+        hw = np.ceil(hw / size_divisibility) * size_divisibility
+    return np.ceil(hw[:, None, :] / np.asarray(strides, dtype=np.float64)[None, :, None]).astype(np.int64)
+
+
+def level_anchor_wh(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]]) -> List[np.ndarray]:
+    """:func:`cell_anchor_wh` level by level: one (A_l, 2) array of (w, h) per level."""
+    if len(aspect_ratios) == 1 and len(sizes) > 1:
+        aspect_ratios = list(aspect_ratios) * len(sizes)
+    if len(aspect_ratios) != len(sizes):
+        raise ValueError(f"{len(sizes)} size lists but {len(aspect_ratios)} aspect-ratio lists")
+    return [cell_anchor_wh([s], [r]) for s, r in zip(sizes, aspect_ratios)]
+
+
+def detectron2_default_anchors(strides: np.ndarray) -> Tuple[List[List[float]], List[List[float]]]:
+    """detectron2's FPN defaults (model zoo Base-RCNN-FPN): one size ``8 x stride`` per level,
+    aspect ratios 0.5, 1, 2 -> (sizes, aspect_ratios) per level."""
+    return [[8.0 * float(s)] for s in strides], [[0.5, 1.0, 2.0] for _ in strides]
+
+
+@dataclass(frozen=True)
+class GridBoxes:
+    """Boxes placed as detectron2 sees them, with each level's anchor grid of their image.
+
+    boxes: (N, 4) xyxy at input scale; grid: (N, L, 2) feature-map (height, width) of each box's
+    image per level (:func:`grid_shapes`); strides: (L,); offset: detectron2's anchor offset (the
+    anchors of level ``l`` are centred at ``(offset + k) * stride_l``, ``k = 0 .. size - 1``).
+    """
+
+    boxes: np.ndarray
+    grid: np.ndarray
+    strides: np.ndarray
+    offset: float = D2_OFFSET
+
+    @classmethod
+    def build(cls, boxes: np.ndarray, image_hw: np.ndarray, strides: np.ndarray, offset: float = D2_OFFSET,
+              size_divisibility: int = SIZE_DIVISIBILITY) -> "GridBoxes":
+        strides = np.asarray(strides, dtype=np.float64)
+        return cls(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), grid_shapes(image_hw, strides, size_divisibility),
+                   strides, float(offset))
+
+    def subset(self, index: np.ndarray) -> "GridBoxes":
+        return GridBoxes(self.boxes[index], self.grid[index], self.strides, self.offset)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def nearest_grid_index(centers: np.ndarray, size: np.ndarray, stride: float, offset: float) -> np.ndarray:
+    """Index of the grid position nearest to each coordinate: ``clip(round(c / s - offset), 0,
+    size - 1)`` (halves round up); centers and size of the same shape."""
+    return np.clip(np.floor(centers / stride - offset + 0.5), 0, size - 1)
+
+
+def centered_iou(boxes: np.ndarray, centers: np.ndarray, anchor_wh: np.ndarray) -> np.ndarray:
+    """IoU of box ``i`` (N, 4) with every anchor shape ``j`` (A, 2) centred at ``centers[i]`` (N, 2).
+
+    Returns (N, A)."""
+    half = anchor_wh[None, :, :] / 2.0
+    lo = centers[:, None, :] - half
+    hi = centers[:, None, :] + half
+    side = np.clip(np.minimum(hi, boxes[:, None, 2:]) - np.maximum(lo, boxes[:, None, :2]), 0.0, None)
+    inter = side[..., 0] * side[..., 1]
+    area_b = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
+    area_a = anchor_wh.prod(axis=1)[None, :]
+    return inter / (area_b + area_a - inter)
+
+
+def grid_iou(gb: GridBoxes, level_wh: Sequence[np.ndarray]) -> np.ndarray:
+    """Best IoU of every box with every anchor shape over that shape's whole grid: (N, sum A_l).
+
+    The IoU of two boxes of fixed shapes does not increase with ``|dx|`` or ``|dy|`` of their
+    centres, so over a level's grid a shape's best position is the grid point nearest the box's
+    centre in x and in y (clipped to the grid): one IoU per (box, shape) instead of one per
+    anchor of the image. Equal, up to float rounding, to the maximum of detectron2's
+    ``pairwise_iou`` over the anchors ``DefaultAnchorGenerator`` puts on the feature maps
+    (tests/test_anchors.py compares the two).
+    """
+    centers = (gb.boxes[:, :2] + gb.boxes[:, 2:]) / 2.0
+    out = []
+    for level, wh in enumerate(level_wh):
+        stride = gb.strides[level]
+        size_xy = gb.grid[:, level, ::-1]  # (w, h) positions, to go with (x, y)
+        anchor_centers = (nearest_grid_index(centers, size_xy, stride, gb.offset) + gb.offset) * stride
+        out.append(centered_iou(gb.boxes, anchor_centers, np.asarray(wh, dtype=np.float64)))
+    return np.concatenate(out, axis=1) if out else np.zeros((len(gb), 0))
+
+
+def grid_best_iou(gb: GridBoxes, level_wh: Sequence[np.ndarray]) -> np.ndarray:
+    """(N,) each box's highest IoU with any anchor of any level (0 without anchors)."""
+    iou = grid_iou(gb, level_wh)
+    return iou.max(axis=1) if iou.shape[1] else np.zeros(len(gb))
+
+
+def grid_counts(gb: GridBoxes, level_wh: Sequence[np.ndarray], thr: float) -> np.ndarray:
+    """(N,) number of anchors on the grids (all positions, all levels) with IoU >= ``thr`` > 0.
+
+    For a shape ``(aw, ah)`` and a box ``(bw, bh)``, IoU >= thr needs an intersection of at least
+    ``thr * max(areas)``, so ``|dx| <= (aw + bw) / 2 - thr * max(areas) / min(ah, bh)`` (and
+    likewise ``|dy|``); only grid positions within that window around the nearest one are
+    enumerated (in chunks of at most :data:`COUNT_CHUNK` box-position pairs).
+    """
+    if not thr > 0:
+        raise ValueError(f"grid_counts needs a threshold > 0, got {thr}")
+    counts = np.zeros(len(gb), dtype=np.int64)
+    boxes = gb.boxes
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    for level, shapes in enumerate(level_wh):
+        stride = gb.strides[level]
+        size_xy = gb.grid[:, level, ::-1]
+        near = nearest_grid_index(centers, size_xy, stride, gb.offset)
+        for aw, ah in np.asarray(shapes, dtype=np.float64):
+            big = np.maximum(bw * bh, aw * ah)
+            dx_max = (aw + bw) / 2.0 - thr * big / np.minimum(ah, bh)
+            dy_max = (ah + bh) / 2.0 - thr * big / np.minimum(aw, bw)
+            feasible = np.nonzero((dx_max >= 0) & (dy_max >= 0))[0]
+            if not len(feasible):
+                continue
+            radius = int(np.ceil(max(dx_max[feasible].max(), dy_max[feasible].max()) / stride)) + 1
+            steps = np.arange(-radius, radius + 1, dtype=np.float64)
+            chunk = max(1, COUNT_CHUNK // len(steps) ** 2)
+            for start in range(0, len(feasible), chunk):
+                idx = feasible[start:start + chunk]
+                overlaps = []
+                for axis, extent in ((0, aw), (1, ah)):
+                    k = near[idx, axis, None] + steps[None, :]
+                    valid = (k >= 0) & (k < size_xy[idx, axis, None])
+                    c = (k + gb.offset) * stride
+                    o = np.minimum(c + extent / 2.0, boxes[idx, axis + 2, None]) - np.maximum(c - extent / 2.0, boxes[idx, axis, None])
+                    overlaps.append(np.clip(o, 0.0, None) * valid)
+                inter = overlaps[0][:, :, None] * overlaps[1][:, None, :]
+                union = (bw[idx] * bh[idx] + aw * ah)[:, None, None] - inter
+                counts[idx] += (inter >= thr * union).sum(axis=(1, 2))
+    return counts
+
+
+@dataclass(frozen=True)
+class GridMetrics:
+    """Grid-IoU recall of one anchor set (see :func:`grid_metrics`); dicts keyed by IoU threshold."""
+
+    recall: Dict[float, float]  # share of boxes whose best anchor reaches the threshold
+    bucket_recall: Dict[float, Tuple[float, ...]]  # per BUCKET_NAMES (nan: empty bucket)
+    bucket_covered: Dict[float, Tuple[int, ...]]  # boxes covered per bucket
+    bucket_counts: Tuple[int, ...]  # boxes per bucket
+    anchors_per_gt: Dict[float, float]  # mean number of grid anchors at IoU >= threshold per box
+    mean_best_iou: float
+    num_boxes: int
+
+
+def grid_metrics(gb: GridBoxes, level_wh: Sequence[np.ndarray], ious: Sequence[float] = REPORT_IOUS,
+                 counts: bool = True) -> GridMetrics:
+    """Recall of detectron2's matcher per IoU threshold, overall and per size bucket, and (with
+    ``counts``) the mean number of anchors per box above each threshold."""
+    best = grid_best_iou(gb, level_wh)
+    buckets = size_buckets(gb.boxes)
+    n_b = np.bincount(buckets, minlength=len(BUCKET_NAMES))
+    recall, bucket_recall, bucket_covered, per_gt = {}, {}, {}, {}
+    for t in ious:
+        covered = np.bincount(buckets[best >= t], minlength=len(BUCKET_NAMES))
+        recall[t] = float((best >= t).mean()) if len(gb) else 0.0
+        bucket_covered[t] = tuple(int(c) for c in covered)
+        bucket_recall[t] = tuple(float(c / n) if n else float("nan") for c, n in zip(covered, n_b))
+        per_gt[t] = float(grid_counts(gb, level_wh, t).mean()) if counts and len(gb) else float("nan")
+    return GridMetrics(recall, bucket_recall, bucket_covered, tuple(int(n) for n in n_b), per_gt,
+                       float(best.mean()) if len(gb) else 0.0, len(gb))
+
+
+class GridObjective:
+    """The evolution's fitness under detectron2's matching, with a floor per size bucket.
+
+    ``fitness = recall@iou + mean_best_iou / (N + 1) - deficit``: the share of boxes whose best
+    grid anchor reaches ``iou`` (0.7: the RPN's positive threshold), ties broken by the mean best
+    IoU (its weight keeps it below one box of recall), minus ``deficit`` = the number of boxes by
+    which any size bucket, at any threshold of ``floor_ious``, falls short of the ``floor``
+    anchors (detectron2's defaults). A deficit of one box outweighs any recall gain, so the
+    evolution first reaches the floor in every bucket, then maximises recall.
+    """
+
+    def __init__(self, gb: GridBoxes, iou: float = DEFAULT_IOU,
+                 floor: Optional[Tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]] = None,
+                 floor_ious: Sequence[float] = REPORT_IOUS):
+        if not 0 < iou <= 1:
+            raise ValueError(f"IoU threshold must be in (0, 1], got {iou}")
+        self.gb, self.iou = gb, float(iou)
+        self.buckets = size_buckets(gb.boxes)
+        self.thresholds = tuple(sorted(set(float(t) for t in floor_ious) | {self.iou}))
+        self.floor_covered: Optional[np.ndarray] = None
+        if floor is not None:
+            self.floor_covered = self.covered(grid_best_iou(gb, level_anchor_wh(*floor)))
+
+    def covered(self, best: np.ndarray) -> np.ndarray:
+        """(T, B) boxes covered per threshold of ``thresholds`` and size bucket."""
+        return np.stack([np.bincount(self.buckets[best >= t], minlength=len(BUCKET_NAMES)) for t in self.thresholds])
+
+    def deficit(self, best: np.ndarray) -> int:
+        """Boxes short of the floor, summed over thresholds and buckets (0 without a floor)."""
+        if self.floor_covered is None:
+            return 0
+        return int(np.clip(self.floor_covered - self.covered(best), 0, None).sum())
+
+    def score(self, best: np.ndarray) -> float:
+        n = len(best)
+        if not n:
+            return 0.0
+        return float((best >= self.iou).mean() + best.mean() / (n + 1) - self.deficit(best))
+
+    def __call__(self, level_wh: Sequence[np.ndarray]) -> float:
+        return self.score(grid_best_iou(self.gb, level_wh))

@@ -27,7 +27,7 @@ from ugs_d2.cli.validate import CONFIG_DIR
 from ugs_d2.data.coco_json import DatasetError, read_coco_json
 from ugs_d2.fileio import write_text_atomic
 
-__all__ = ["load_base", "format_overrides", "render_override_file", "main"]
+__all__ = ["load_base", "format_overrides", "render_override_file", "grid_table", "main"]
 
 PROG = "ugs-anchors"
 PROJECT_LEVELS = ["p2", "p3", "p4", "p5", "p6"]  # RPN.IN_FEATURES of every model in configs/model/
@@ -179,6 +179,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="FILE.yaml",
                         help="override file (default <json stem>_anchors.yaml next to the json); in configs/anchors/ it is "
                         "usable as ugs-train +anchors=<stem>")
+    parser.add_argument("--objective", choices=["grid", "ratio"], default="grid",
+                        help="what the evolution maximises: grid (default): detectron2's matching, the share of boxes "
+                        "whose best anchor on its level's real grid (stride, --anchor-offset) reaches IoU --iou, with no "
+                        "size bucket below detectron2's defaults; ratio: YOLOv5's ratio fitness (--thr)")
+    parser.add_argument("--iou", type=float, default=A.DEFAULT_IOU,
+                        help="grid objective: the RPN matcher's positive IoU threshold (default 0.7, detectron2's)")
+    parser.add_argument("--anchor-offset", type=float, default=A.D2_OFFSET,
+                        help="detectron2's MODEL.ANCHOR_GENERATOR.OFFSET (default 0.0, detectron2's default)")
+    parser.add_argument("--size-divisibility", type=int, default=A.SIZE_DIVISIBILITY,
+                        help="inputs are padded to a multiple of this (default 32, detectron2's FPN; 0: no padding)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="grid objective: allow size buckets to end below detectron2's defaults")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -198,6 +210,12 @@ def _check_args(args: argparse.Namespace) -> Tuple[List[str], Tuple[Optional[int
         raise AnchorsError(f"--generations: expected >= 0, got {args.generations}")
     if not (math.isfinite(args.thr) and args.thr > 1.0):
         raise AnchorsError(f"--thr: expected a number > 1, got {args.thr}")
+    if not (math.isfinite(args.iou) and 0.0 < args.iou <= 1.0):
+        raise AnchorsError(f"--iou: expected a number in (0, 1], got {args.iou}")
+    if not (math.isfinite(args.anchor_offset) and 0.0 <= args.anchor_offset < 1.0):
+        raise AnchorsError(f"--anchor-offset: expected a number in [0, 1), got {args.anchor_offset}")
+    if args.size_divisibility < 0:
+        raise AnchorsError(f"--size-divisibility: expected >= 0, got {args.size_divisibility}")
     size: Tuple[Optional[int], Optional[int]] = (None, None)
     if args.input_size is not None:
         if len(args.input_size) > 2 or any(v < 1 for v in args.input_size):
@@ -227,9 +245,11 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
             raise AnchorsError("--input-size is needed with explicit --base sizes")
         min_size, max_size = base["input"]
     coco = read_coco_json(args.json)
-    wh, skipped = A.boxes_at_input_scale(coco, min_size, max_size)
+    boxes, image_hw, skipped = A.boxes_xyxy_at_input_scale(coco, min_size, max_size)
+    wh = boxes[:, 2:] - boxes[:, :2]
     if len(wh) == 0:
         raise AnchorsError(f"{args.json}: no box with positive width and height")
+    grid = A.GridBoxes.build(boxes, image_hw, strides, args.anchor_offset, args.size_divisibility)
 
     cap = "no cap" if max_size == sys.maxsize else f"<= {max_size}"
     print_line(f"[{PROG}] {args.json}: {len(wh)} boxes at input scale (shorter side {min_size}, longer side {cap}); "
@@ -264,7 +284,7 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
             return None
         from tqdm import tqdm
 
-        label = f"Evolving {layout[0]}x{layout[1]} anchors"
+        label = "Evolving from the floor" if layout == "floor" else f"Evolving {layout[0]}x{layout[1]} anchors"
         bar = tqdm(total=args.generations, desc=label, file=sys.stderr, leave=False)
         bars.append(bar)
 
@@ -278,21 +298,34 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
         return progress
 
     fit_points = min(len(wh), A.MAX_FIT_POINTS)
+    what = (f"detectron2's matching (grid IoU >= {args.iou:g}, offset {args.anchor_offset:g}"
+            f"{', no bucket below detectron2 defaults' if not args.no_floor else ''})" if args.objective == "grid"
+            else f"YOLOv5's ratio fitness (thr {args.thr:g})")
     print_line(f"Running k-means for {args.per_level} anchors per level on {fit_points} points, then evolving "
-               f"{args.generations} generations per layout ({', '.join(f'{a}x{b}' for a, b in layouts)} sizes x ratios)...")
+               f"{args.generations} generations per layout ({', '.join(f'{a}x{b}' for a, b in layouts)} sizes x ratios) "
+               f"on {what}...")
     try:
         learned = A.learn_anchors(wh, strides, args.per_level, args.thr, args.generations, args.seed,
-                                  candidate_layouts=layouts, progress_factory=progress_factory)
+                                  candidate_layouts=layouts, progress_factory=progress_factory,
+                                  grid=grid if args.objective == "grid" else None, iou=args.iou,
+                                  floor=not args.no_floor)
     finally:
         for bar in bars:
             bar.close()
-    for layout in layouts:
-        print_line(f"  {layout[0]} size(s) x {layout[1]} ratio(s) per level: k-means fitness "
-                   f"{learned.start_fitness[layout]:.4f}, after {args.generations} generations (rounded as written) "
-                   f"{learned.final_fitness[layout]:.4f}")
+    for key in learned.start_fitness:
+        label = (f"{key[0]} size(s) x {key[1]} ratio(s) per level: k-means" if key != "floor"
+                 else "start on detectron2's defaults (the floor):")
+        print_line(f"  {label} fitness {learned.start_fitness[key]:.4f}, after {args.generations} generations "
+                   f"(rounded as written) {learned.final_fitness[key]:.4f}" + (" <- kept" if key == learned.start else ""))
+    if learned.floor_levels:
+        print_line(f"  floor check: {', '.join(levels[i] for i in learned.floor_levels)} set to detectron2's default "
+                   "anchors of the level (a size bucket was below detectron2's defaults)")
+    if learned.deficit:
+        print_line(f"WARNING: {learned.deficit} box(es) short of detectron2's defaults in some size bucket; no fallback "
+                   f"exists for --per-level {args.per_level} (needs a multiple of 3)")
     final, (n_sizes, n_ratios) = learned.anchors, learned.layout
-    after = A.anchor_metrics(wh, final.wh(), args.thr)
-    sizes, ratios = final.sizes.tolist(), final.ratios.tolist()
+    sizes, ratios = learned.sizes, learned.ratios
+    after = A.anchor_metrics(wh, A.cell_anchor_wh(sizes, ratios), args.thr)
     print_line("")
     print_line(f"after ({n_sizes} size(s) x {n_ratios} aspect ratio(s) per level):")
     for line in _metrics_lines("  after", after, args.thr):
@@ -303,14 +336,35 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
     for i, level in enumerate(levels):
         print_line(f"| {level} | {strides[i]:g} | {lo[i]:g}-{hi[i]:g} | {final.served[i]} | "
                    f"{', '.join(_fmt(v) for v in sizes[i])} | {', '.join(_fmt(v) for v in ratios[i])} |")
-    if after.fitness < before.fitness:
+
+    d2_sizes, d2_ratios = A.detectron2_default_anchors(strides)
+    start = learned.starts[learned.start]
+    start_name = "start: detectron2 defaults" if learned.start == "floor" else f"k-means start ({n_sizes}x{n_ratios})"
+    rows = [(f"before ({base['name']})", base["sizes"], base["aspect_ratios"]),
+            ("detectron2 FPN defaults", d2_sizes, d2_ratios),
+            (start_name, start.sizes.tolist(), start.ratios.tolist()),
+            (f"after ({args.objective} objective)", sizes, ratios)]
+    grid_rows = [(name, A.grid_metrics(grid, A.level_anchor_wh(s, r), sorted({0.5, args.iou})),
+                  A.anchor_metrics(wh, A.cell_anchor_wh(s, r), args.thr)) for name, s, r in rows]
+    print_line("")
+    for line in grid_table(grid_rows, args.thr, args.anchor_offset):
+        print_line(line)
+    if args.objective == "grid":
+        if after.fitness < before.fitness:
+            print_line(f"note: YOLOv5's ratio fitness is lower than the base's ({before.fitness:.4f} > {after.fitness:.4f}); "
+                       "the grid objective does not maximise it")
+    elif after.fitness < before.fitness:
         print_line(f"WARNING: the base anchors fit better ({before.fitness:.4f} > {after.fitness:.4f}); keep them")
+    grid_after = grid_rows[-1][1]
 
     comments = [
         f"Learned by {PROG} from {args.json} at input size {min_size} (longer side {cap}), levels "
-        f"{','.join(levels)}, thr {args.thr:g}, seed {args.seed}, {args.generations} generations.",
-        f"fitness {before.fitness:.4f} -> {after.fitness:.4f}, BPR {before.bpr:.4f} -> {after.bpr:.4f}, "
-        f"anchors/target {before.anchors_per_target:.2f} -> {after.anchors_per_target:.2f} (before: {base['name']}).",
+        f"{','.join(levels)}, objective {args.objective}"
+        + (f" (IoU {args.iou:g}, offset {args.anchor_offset:g})" if args.objective == "grid" else f" (thr {args.thr:g})")
+        + f", seed {args.seed}, {args.generations} generations.",
+        f"grid recall@{args.iou:g} {grid_rows[0][1].recall[args.iou]:.4f} -> {grid_after.recall[args.iou]:.4f}, "
+        f"BPR {before.bpr:.4f} -> {after.bpr:.4f}, ratio fitness {before.fitness:.4f} -> {after.fitness:.4f} "
+        f"(before: {base['name']}).",
         "Use: put it in configs/anchors/ and run `ugs-train +anchors=<file stem>`.",
     ]
     text = render_override_file(sizes, ratios, comments)
@@ -329,8 +383,29 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
     return {
         "before": before, "after": after, "sizes": sizes, "aspect_ratios": ratios, "layout": (n_sizes, n_ratios),
         "served": final.served.tolist(), "under_min_side": tiny, "below_range": below, "above_range": above,
-        "out": out, "text": text, "final_fitness": learned.final_fitness,
+        "out": out, "text": text, "final_fitness": learned.final_fitness, "grid": {n: g for n, g, _ in grid_rows},
+        "floor_levels": learned.floor_levels, "deficit": learned.deficit,
     }
+
+
+def grid_table(rows: Sequence[Tuple[str, A.GridMetrics, A.AnchorMetrics]], thr: float, offset: float) -> List[str]:
+    """Markdown: per anchor set and IoU threshold, grid-IoU recall overall and per size bucket,
+    anchors per GT above the threshold; then the BPR line (YOLOv5's ratio test) of each set."""
+    first = rows[0][1]
+    counts = ", ".join(f"{name} {n}" for name, n in zip(A.BUCKET_NAMES, first.bucket_counts))
+    lines = [f"Grid-IoU recall (detectron2 matching: anchors on each level's grid, offset {offset:g}; a box is covered "
+             f"when its best anchor reaches the IoU; buckets of sqrt(w*h) at input scale: {counts}):", "",
+             "| anchors | IoU | all | " + " | ".join(A.BUCKET_NAMES) + " | anchors/GT >= IoU | mean best IoU |",
+             "|---|---:|---:|" + "---:|" * len(A.BUCKET_NAMES) + "---:|---:|"]
+    for name, g, _ in rows:
+        for t in sorted(g.recall):
+            cells = " | ".join("-" if math.isnan(v) else f"{v:.3f}" for v in g.bucket_recall[t])
+            lines.append(f"| {name} | {t:g} | {g.recall[t]:.3f} | {cells} | {g.anchors_per_gt[t]:.2f} | {g.mean_best_iou:.3f} |")
+    lines.append("")
+    for name, _, m in rows:
+        lines.append(f"{name}: thr={1.0 / thr:.2f}: {m.anchors_per_target:.2f} anchors/target, {m.bpr:.4f} Best Possible "
+                     f"Recall (BPR), ratio fitness {m.fitness:.4f}")
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> None:

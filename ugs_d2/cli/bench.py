@@ -690,10 +690,12 @@ def _parser() -> argparse.ArgumentParser:
              "applied to every preset; not ugs=... (use --presets) or device=... (use --device)",
     )
     from ugs_d2.cli import bench_sahi  # here, not at the top: bench_sahi imports this module
-    from ugs_d2.cli import bench_cocoeval, bench_overfit, bench_ur
+    from ugs_d2.cli import bench_anchors, bench_cocoeval, bench_overfit, bench_tiling, bench_ur
 
     bench_sahi.add_parser(sub)
     bench_cocoeval.add_parser(sub, PROG)
+    bench_anchors.add_parser(sub)
+    bench_tiling.add_parser(sub)
     bench_ur.add_parser(sub)
     bench_overfit.add_parser(sub)
     return parser
@@ -723,6 +725,14 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
         from ugs_d2.cli import bench_sahi
 
         return bench_sahi.run_command_line(args, argv, invoked_as)
+    if args.command == "tiling":
+        from ugs_d2.cli import bench_tiling
+
+        return bench_tiling.run_command_line(args, argv, invoked_as)
+    if args.command == "anchors":
+        from ugs_d2.cli import bench_anchors
+
+        return bench_anchors.run_command_line(args, argv, invoked_as)
     if args.command == "cocoeval":
         from ugs_d2.cli import bench_cocoeval
 

@@ -97,12 +97,13 @@ SCENE_STREAM = 100
 SCENE_CELL = 256
 #: A ground-truth box cut by the scene's border is kept when this share of its area remains.
 SCENE_MIN_VISIBLE = 0.5
-VARIANTS = ("sahi_default", "sahi_matched", "ours")
+VARIANTS = ("sahi_default", "sahi_matched", "ours", "ours_fast")
 BASELINE = "sahi_matched"
 AGREEMENT_IOU = 0.9
 RECALL_IOU = 0.5
 MERGE_IOU = 0.5  # our merge threshold and SAHI's postprocess_match_threshold (its default)
-TARGETS = {"outside_model_share": 0.10, "speedup_cpu": 1.5, "speedup_cuda": 3.0}
+TARGETS = {"outside_model_share": 0.10, "speedup_cpu": 1.5, "speedup_cuda": 3.0, "agreement": 0.99}
+FAST = "ours_fast"  # the predictor's defaults: optimized inference copy on CPU, per-device batch size
 DEFAULT_RUN_DIR = os.path.join("outputs", "sahi_bench")
 #: The default tiny detector (the `make run` schedule, ~16 min on 2 CPU cores) in a fixed directory.
 TRAIN_COMMAND = "ugs-train wandb.enabled=false hydra.run.dir=outputs/sahi_bench"
@@ -405,10 +406,13 @@ class _OursRunner:
         from ugs_d2.inference.tiled import TiledPredictor, load_model
 
         model = load_model(spec["config"], weights=spec["weights"], device=spec["device"])
+        fast = spec["variant"] == FAST  # the defaults; the other ours* rows: the plain model at --batch-size
         self.predictor = TiledPredictor(
-            model, tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch_size"],
+            model, tile=spec["tile"], overlap=spec["overlap"], batch_size=None if fast else spec["batch_size"],
             full_image=False, merge="nms", metric="iou", threshold=MERGE_IOU, upscale=False,
+            optimize=None if fast else False,
         )
+        del model  # the optimized copy is all the predictor needs: the original's memory is freed
         self.effective_postprocess = "NMS/IOU"
         self.durations: Dict[str, float] = {}
 
@@ -678,7 +682,10 @@ def run_sahi_benchmark(
             "tile": tile, "overlap": overlap, "batch_size": batch_size, "score_thresh": score_thresh,
             "images": image_paths, "warmup": warmup, "quiet": quiet,
         }
+        from ugs_d2.inference.tiled import DEFAULT_BATCH_SIZE
+
         variants = {v: batch_size for v in VARIANTS}
+        variants[FAST] = DEFAULT_BATCH_SIZE.get(device, 1)
         variants.update({f"ours_bs{b}": b for b in extra_batch_sizes})
         order = list(variants)
         raw: Dict[str, List[Dict[str, Any]]] = {v: [] for v in order}
@@ -703,7 +710,7 @@ def run_sahi_benchmark(
         "agreement": {
             "matched": agreement(raw["sahi_matched"][0], raw["ours"][0]),
             "default": agreement(raw["sahi_default"][0], raw["ours"][0]),
-            **{v: agreement(raw["sahi_matched"][0], raw[v][0]) for v in order[len(VARIANTS):]},
+            **{v: agreement(raw["sahi_matched"][0], raw[v][0]) for v in order[len(VARIANTS) - 1:]},
         },
         "setup": setup,
     }
@@ -723,6 +730,29 @@ def _display_path(path: str) -> str:
     except ValueError:
         return path
     return path if rel.startswith("..") else rel
+
+
+def _fast_target_lines(outcome: Dict[str, Any], base: Dict[str, Any], target_speed: float, cuda: bool) -> List[str]:
+    """The verdicts on the new path (``ours_fast``): speed, agreement, peak memory vs matched SAHI."""
+    if FAST not in outcome["summaries"]:
+        return []
+    fast, agree = outcome["summaries"][FAST], outcome["agreement"][FAST]
+    speed = base["median_s"] / fast["median_s"]
+    cpu_speed = base["cpu_median_s"] / fast["cpu_median_s"] if fast["cpu_median_s"] else float("nan")
+    worst = min(agree["a_in_b"], agree["b_in_a"])
+    memory = "cuda_peak_mb" if cuda else "peak_rss_mb"
+    ok = lambda good: "meets" if good else "misses"  # noqa: E731
+    return [
+        f"**Targets, new path** ({FAST}): {speed:.2f}x as fast as matched SAHI by wall time "
+        f"({ok(speed >= target_speed)} >= {target_speed}x), {cpu_speed:.2f}x by CPU time "
+        f"({ok(cpu_speed >= target_speed)}; on a loaded machine wall time mostly measures the scheduler, so the target "
+        f"counts as met only when both meet it: {ok(min(speed, cpu_speed) >= target_speed)}); "
+        f"agreement {_pct(worst)} at IoU >= {AGREEMENT_IOU} "
+        f"({ok(worst >= TARGETS['agreement'])} >= {100 * TARGETS['agreement']:.0f}%); peak "
+        f"{'CUDA memory' if cuda else 'RSS'} {fast[memory]:.0f} MB vs matched SAHI's {base[memory]:.0f} MB "
+        f"({ok(fast[memory] <= base[memory])} no higher).",
+        "",
+    ]
 
 
 def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: float, loads: Sequence[float]) -> str:
@@ -768,11 +798,15 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         "sahi_matched": f"overlap {setup['overlap']}, no full-image pass, NMS/IOU 0.5, class-aware, "
                         f"batch_size={setup['batch_size']} (1 slice per forward)",
         "ours": f"overlap {setup['overlap']}, no full-image pass, NMS/IOU 0.5, class-aware, "
-                f"{setup['batch_size']} tiles per forward",
+                f"{setup['batch_size']} tiles per forward, the model as loaded",
     }
+    if FAST in outcome["variants"]:
+        settings[FAST] = (f"as ours with TiledPredictor's defaults: {outcome['variants'][FAST]} tile(s) per forward, "
+                          + ("optimized inference copy (BN folded, channels-last, 1x1 heads as GEMMs), " if not cuda else "")
+                          + "inference_mode")
     for variant in outcome["variants"]:
         if variant not in settings:
-            settings[variant] = (f"as ours, {outcome['variants'][variant]} tile(s) per forward")
+            settings[variant] = (f"as ours, {outcome['variants'][variant]} tile(s) per forward, the model as loaded")
         r = s[variant]
         speed = base["median_s"] / r["median_s"] if r["median_s"] else None
         cpu_speed = base["cpu_median_s"] / r["cpu_median_s"] if r["cpu_median_s"] else None
@@ -796,10 +830,12 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         f"largest score difference of a matched pair {m['max_score_diff']:.2g}.",
         f"For comparison, SAHI with its defaults vs ours: {_pct(d['a_in_b'])} / {_pct(d['b_in_a'])} "
         "(different merge and an extra full-image pass: not expected to agree).",
-        *[f"Matched SAHI vs {v}: {_pct(agree[v]['a_in_b'])} / {_pct(agree[v]['b_in_a'])}."
-          for v in outcome["variants"] if v.startswith("ours_bs")],
+        *[f"Matched SAHI vs {v}: {_pct(agree[v]['a_in_b'])} / {_pct(agree[v]['b_in_a'])}"
+          + (f"; largest score difference of a matched pair {agree[v]['max_score_diff']:.2g}." if v == FAST else ".")
+          for v in outcome["variants"] if v.startswith("ours_bs") or v == FAST],
         "",
-        f"**Targets** (ours, batch size {setup['batch_size']}): {speedup:.2f}x as fast as matched SAHI "
+        *_fast_target_lines(outcome, base, target_speed, cuda),
+        f"**Targets, previous path** (ours, batch size {setup['batch_size']}): {speedup:.2f}x as fast as matched SAHI "
         f"({'meets' if speedup >= target_speed else 'misses'} >= {target_speed}x on {setup['device']}); "
         f"{_pct(share)} of our time is outside the model's forward "
         f"({'meets' if share is not None and share <= TARGETS['outside_model_share'] else 'misses'} <= "

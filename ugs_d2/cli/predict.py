@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
                        "tiles, else 512)")
     tiled.add_argument("--overlap", type=float, default=None,
                        help="in [0, 1) (default: the run's tiling.overlap if it trained on tiles, else 0.2)")
-    tiled.add_argument("--batch-size", type=int, default=8, help="windows per forward call (default: 8)")
+    tiled.add_argument("--batch-size", type=int, default=None,
+                       help="windows per forward call (default: 1 on CPU, 8 on CUDA)")
     tiled.add_argument("--max-detections", type=int, default=None, metavar="N",
                        help="detections kept per whole image after merging (default: the run's "
                        "per-image limit for every tile-sized area of the image)")
@@ -308,7 +309,7 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"[{PROG}] warning: the detection budget ({source}) kept {cut_kept} of {cut_found} "
               f"detections on {cut_images} image{'s' if cut_images != 1 else ''}", file=sys.stderr)
     share = 100 * (1 - model_s / total_s) if total_s > 0 else 0.0
-    mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {args.batch_size}" if args.tiled else "whole image"
+    mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {predictor.batch_size}" if args.tiled else "whole image"
     print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in {total_s:.2f} s, "
           f"{share:.1f}% outside the model's forward")
     print(f"[{PROG}] wrote {args.out}")

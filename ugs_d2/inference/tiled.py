@@ -20,6 +20,7 @@ Pieces:
   ``--tiled``.
 * :func:`load_model` -- a detectron2 model from a ``ugs-train`` run directory.
 """
+import contextlib
 import logging
 import os
 import time
@@ -40,6 +41,11 @@ __all__ = [
     "MATCH_METRICS",
     "pairwise_overlap",
     "merge_detections",
+    "DEFAULT_BATCH_SIZE",
+    "fuse_conv_bn_",
+    "PointwiseLinear",
+    "replace_pointwise_heads_",
+    "optimize_for_inference",
     "TiledPredictor",
     "TiledInferenceModel",
     "predict_whole_image",
@@ -52,6 +58,10 @@ logger = logging.getLogger(__name__)
 MERGE_METHODS = ("nms", "nmm")
 MATCH_METRICS = ("iou", "ios")
 DEFAULT_TEST_SIZE = (800, 1333)  # detectron2's INPUT.MIN/MAX_SIZE_TEST defaults
+#: TiledPredictor's batch_size=None: windows per forward by device type. On CPU batching gains
+#: nothing and costs memory (results/sahi_benchmark.md: 0.76x at 8, 1.03x at 1 vs SAHI).
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pairwise_overlap(a: np.ndarray, b: np.ndarray, metric: str = "iou") -> np.ndarray:
@@ -209,6 +219,118 @@ def merge_detections(
     return out_boxes, scores[keep], classes[keep]
 
 
+def fuse_conv_bn_(model: nn.Module) -> int:
+    """Fold every eval-mode batch norm that follows a convolution into the convolution, in place.
+
+    detectron2's ``Conv2d`` applies its ``norm`` right after the convolution; for a
+    ``BatchNorm2d`` (also ``SyncBatchNorm``) using running statistics or a
+    ``FrozenBatchNorm2d``, ``norm(conv(x)) = conv'(x)`` with ``W' = W * g`` and
+    ``b' = (b - mean) * g + beta``, ``g = gamma / sqrt(var + eps)`` (per output channel): one
+    pass over the activations fewer, the same output up to float rounding. Other norms (GN, or
+    batch norm in training mode or without running statistics) are left alone. For inference
+    only: the folded model must not be trained further.
+
+    Returns:
+        the number of convolutions folded.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    folded = 0
+    for module in model.modules():
+        norm = getattr(module, "norm", None)
+        if not isinstance(module, nn.Conv2d) or norm is None:
+            continue
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            if norm.training or norm.running_mean is None or norm.running_var is None:
+                continue
+            gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+            beta = norm.bias if norm.affine else torch.zeros_like(norm.running_var)
+        elif isinstance(norm, FrozenBatchNorm2d):
+            gamma, beta = norm.weight, norm.bias
+        else:
+            continue
+        with torch.no_grad():
+            g = gamma.detach() / torch.sqrt(norm.running_var.detach() + norm.eps)
+            bias = module.bias.detach() if module.bias is not None else torch.zeros_like(g)
+            module.weight.copy_(module.weight.detach() * g.reshape(-1, 1, 1, 1))
+            new_bias = (bias - norm.running_mean.detach()) * g + beta.detach()
+        module.bias = nn.Parameter(new_bias, requires_grad=False)
+        module.norm = None
+        folded += 1
+    return folded
+
+
+class PointwiseLinear(nn.Module):
+    """A 1x1, stride-1 convolution computed as one matrix product over the channels of an NHWC
+    (channels-last) activation: ``out[n, :, y, x] = W @ in[n, :, y, x] + b``.
+
+    PyTorch's CPU convolution takes a slow im2col path for 1x1 convolutions with few output
+    channels (the RPN's objectness and box-delta heads: 3 and 12 channels on every level);
+    ``F.linear`` on the channels-last view is one GEMM. Returns a tensor with NCHW shape and
+    channels-last memory, as the convolution would. Same result up to float rounding.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, conv.in_channels).clone(),
+                                   requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+POINTWISE_MAX_OUT = 32  # replace_pointwise_heads_: 1x1 convolutions with at most this many outputs
+
+
+def replace_pointwise_heads_(model: nn.Module, max_out_channels: int = POINTWISE_MAX_OUT) -> int:
+    """Replace plain 1x1 convolutions with at most ``max_out_channels`` outputs (no norm, no
+    activation, stride 1, no padding, one group) by :class:`PointwiseLinear`, in place.
+
+    Returns the number replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.stride == (1, 1)
+                    and child.padding == (0, 0) and child.dilation == (1, 1) and child.groups == 1
+                    and child.padding_mode == "zeros" and child.out_channels <= max_out_channels
+                    and getattr(child, "norm", None) is None and getattr(child, "activation", None) is None):
+                setattr(parent, name, PointwiseLinear(child))
+                replaced += 1
+    return replaced
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, fuse_bn: bool = True) -> nn.Module:
+    """A copy of an eval-mode detectron2 model made faster for CPU inference (same outputs up to
+    float rounding; tests/test_tiled_inference.py checks them against the original).
+
+    * ``fuse_bn``: :func:`fuse_conv_bn_` (batch norms folded into the convolutions before them);
+    * ``channels_last``: 4-D weights in channels-last (NHWC) memory format, so oneDNN's
+      convolutions and the max-pools take their NHWC kernels and activations stay NHWC from
+      the first convolution on (the input batch itself stays as detectron2 pads it); and the
+      small 1x1 heads become one matrix product each (:func:`replace_pointwise_heads_`).
+
+    The original model is not touched (its ``ugs_*`` attributes are carried over); the copy is
+    in eval mode with ``requires_grad`` off. Later changes to the original's weights are not
+    seen by the copy.
+    """
+    import copy
+
+    fast = copy.deepcopy(model).eval()
+    for parameter in fast.parameters():
+        parameter.requires_grad_(False)
+    if fuse_bn:
+        fuse_conv_bn_(fast)
+    if channels_last:
+        replace_pointwise_heads_(fast)
+        fast = fast.to(memory_format=torch.channels_last)
+    for name in ("ugs_cfg", "ugs_test_size", "ugs_input_format"):
+        if hasattr(model, name):
+            setattr(fast, name, getattr(model, name))
+    return fast
+
+
 def _model_device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -248,6 +370,20 @@ def _make_instances(image_size, boxes, scores, classes):
     return instances
 
 
+def _normal_instances(instances: "Instances") -> "Instances":
+    """A copy of ``instances`` whose tensor fields are clones made outside inference mode."""
+    from detectron2.structures import Boxes, Instances
+
+    out = Instances(instances.image_size)
+    for name, value in instances.get_fields().items():
+        if isinstance(value, Boxes):
+            value = Boxes(value.tensor.clone())
+        elif isinstance(value, torch.Tensor):
+            value = value.clone()
+        out.set(name, value)
+    return out
+
+
 def predict_whole_image(
     model: nn.Module,
     image: torch.Tensor,
@@ -269,12 +405,15 @@ def predict_whole_image(
     new_h, new_w = ResizeShortestEdge.get_output_shape(height, width, test_size[0], test_size[1])
     device = _model_device(model)
     resized = _resize_chw(image.to(device), new_h, new_w)
-    with torch.no_grad():
+    with torch.inference_mode():
         _synchronize(device)
         start = time.perf_counter()
         output = model([{"image": resized, "height": height, "width": width}])[0]["instances"]
         _synchronize(device)
-    return output, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # clones made outside inference mode are normal tensors: callers may update them in place
+    # (detector_postprocess scales boxes in place)
+    return _normal_instances(output), seconds
 
 
 class TiledPredictor:
@@ -284,7 +423,8 @@ class TiledPredictor:
         model: a detectron2 model in eval mode (e.g. from :func:`load_model`).
         tile: window side in pixels; overlap: share of a window shared with its neighbour,
             in [0, 1) (see :func:`ugs_d2.data.tiling.tile_windows`).
-        batch_size: windows per forward call (one call per batch).
+        batch_size: windows per forward call (one call per batch); None:
+            :data:`DEFAULT_BATCH_SIZE` of the model's device (1 on CPU, 8 on CUDA).
         full_image: also run the whole image resized to the model's test size and merge its
             boxes with the tiles' (large objects that no tile holds whole).
         merge, metric, threshold: how duplicates from overlapping windows are merged (see
@@ -297,6 +437,12 @@ class TiledPredictor:
         input_format: ``BGR`` | ``RGB``, the model's ``INPUT.FORMAT``; None: the model's
             ``ugs_input_format``, else BGR.
         max_detections: keep at most this many detections per image after merging (None: all).
+        optimize: run a copy of the model made by :func:`optimize_for_inference` (batch norms
+            folded into convolutions, channels-last weights, 1x1 heads as matrix products; same
+            detections up to float rounding); None: on for a CPU model, off on CUDA. The copy is
+            made here, so later weight changes of ``model`` are not seen: build a new predictor.
+        autocast: ``fp16`` | ``bf16``: run the model's forward under ``torch.autocast`` (CUDA
+            only; detections change beyond float rounding, so it is off by default).
 
     After each call, ``last_timing`` is ``{"total_s", "model_s", "windows", "batches"}``;
     ``model_s`` is the time inside the model's forward calls (GPU synchronised), so
@@ -311,7 +457,7 @@ class TiledPredictor:
         model: nn.Module,
         tile: int = 512,
         overlap: float = 0.2,
-        batch_size: int = 8,
+        batch_size: Optional[int] = None,
         full_image: bool = False,
         merge: str = "nms",
         metric: str = "iou",
@@ -321,17 +467,28 @@ class TiledPredictor:
         test_size: Optional[Tuple[int, int]] = None,
         input_format: Optional[str] = None,
         max_detections: Optional[int] = None,
+        optimize: Optional[bool] = None,
+        autocast: Optional[str] = None,
     ):
         validate_tiling(tile, overlap)
+        device_type = _model_device(model).type
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE.get(device_type, 1)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast: expected one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast!r}")
+        if autocast is not None and device_type != "cuda":
+            raise ValueError(f"autocast: {autocast} is for a CUDA model; this one is on {device_type}")
         if merge not in MERGE_METHODS:
             raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, got {merge!r}")
         if metric not in MATCH_METRICS:
             raise ValueError(f"metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold: expected a number in [0, 1], got {threshold!r}")
-        self.model = model
+        self.optimize = device_type == "cpu" if optimize is None else bool(optimize)
+        self.model = optimize_for_inference(model) if self.optimize else model
+        self.autocast = autocast
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.full_image, self.upscale = bool(full_image), bool(upscale)
         self.merge, self.metric, self.threshold = merge, metric, threshold
@@ -374,26 +531,30 @@ class TiledPredictor:
 
         model_s = 0.0
         boxes, scores, classes = [], [], []
-        with torch.no_grad():
+        autocast = (torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.autocast])
+                    if self.autocast else contextlib.nullcontext())
+        with torch.inference_mode():
             for first in range(0, len(windows), self.batch_size):
                 batch = windows[first:first + self.batch_size]
                 inputs = self._window_inputs(image, batch)
                 _synchronize(device)
                 model_start = time.perf_counter()
-                outputs = self.model(inputs)
+                with autocast:
+                    outputs = self.model(inputs)
                 _synchronize(device)
                 model_s += time.perf_counter() - model_start
                 for (x0, y0, _, _), output in zip(batch, outputs):
                     instances = output["instances"]
                     offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=device)
-                    boxes.append(instances.pred_boxes.tensor + offset)
-                    scores.append(instances.scores)
+                    boxes.append(instances.pred_boxes.tensor.float() + offset)
+                    scores.append(instances.scores.float())
                     classes.append(instances.pred_classes)
             if self.full_image:
-                instances, seconds = predict_whole_image(self.model, image, self.test_size)
+                with autocast:
+                    instances, seconds = predict_whole_image(self.model, image, self.test_size)
                 model_s += seconds
-                boxes.append(instances.pred_boxes.tensor)
-                scores.append(instances.scores)
+                boxes.append(instances.pred_boxes.tensor.float())
+                scores.append(instances.scores.float())
                 classes.append(instances.pred_classes)
 
             boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
@@ -404,7 +565,8 @@ class TiledPredictor:
             if self.max_detections is not None and len(scores) > self.max_detections:
                 top = torch.argsort(scores, descending=True, stable=True)[: self.max_detections]
                 boxes, scores, classes = boxes[top], scores[top], classes[top]
-        result = _make_instances((height, width), boxes, scores, classes)
+        # clones made outside inference mode: normal tensors the caller may update in place
+        result = _make_instances((height, width), boxes.clone(), scores.clone(), classes.clone())
         self.last_timing = {
             "total_s": time.perf_counter() - start,
             "model_s": model_s,
@@ -426,6 +588,8 @@ class TiledInferenceModel(nn.Module):
     def __init__(self, model: nn.Module, **predictor_kwargs):
         super().__init__()
         self.model = model
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # a live DDP model: no private copy
+            predictor_kwargs.setdefault("optimize", False)
         self.predictor = TiledPredictor(model, **predictor_kwargs)
 
     @classmethod
