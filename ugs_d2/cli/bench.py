@@ -196,6 +196,27 @@ def _build_batches(d2_cfg, dicts, batch_size: int, seed: int):
     return split(train), split(test)
 
 
+def build_preset_on_fixed_batches(overrides: Sequence[str], preset: str, device: str, batch_size: int,
+                                  num_batches: int, prefix: str, log):
+    """One ``ugs=preset`` model as ugs-train builds it (seeded) and ``num_batches`` fixed training
+    batches of ``batch_size`` images (see :func:`_load_dataset_dicts`). Returns (model, batches,
+    composed Hydra config)."""
+    import torch
+
+    from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.engine.trainer import UGSTrainer
+
+    cfg = _compose_preset(overrides, preset, device)
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        dicts, num_classes = _load_dataset_dicts(cfg, overrides, batch_size * num_batches, workdir, log)
+        d2 = to_detectron2_cfg(cfg, num_classes=num_classes)
+        batches, _ = _build_batches(d2, dicts, batch_size, int(cfg.seed))
+    torch.manual_seed(int(cfg.seed))
+    model = UGSTrainer.build_model(d2)
+    model.train()
+    return model, batches, cfg
+
+
 # --------------------------------------------------------------------------------------------
 # measurements
 

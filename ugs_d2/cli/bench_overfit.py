@@ -49,24 +49,14 @@ def overfit_curve(
     Raises:
         FloatingPointError: naming the step when a loss is not finite.
     """
-    import tempfile
-
     import torch
     from detectron2.utils.events import EventStorage
 
-    from ugs_d2.cli.bench import _build_batches, _compose_preset, _load_dataset_dicts
-    from ugs_d2.config import to_detectron2_cfg
-    from ugs_d2.engine.trainer import UGSTrainer
+    from ugs_d2.cli.bench import build_preset_on_fixed_batches
 
-    args = [f"model={model_preset}", *overrides]
-    cfg = _compose_preset(args, ugs, "cpu")
-    with tempfile.TemporaryDirectory(prefix="ugs-overfit-") as workdir:
-        dicts, num_classes = _load_dataset_dicts(cfg, args, batch_size * num_batches, workdir, log)
-        d2 = to_detectron2_cfg(cfg, num_classes=num_classes)
-        batches, _ = _build_batches(d2, dicts, batch_size, int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
-    model = UGSTrainer.build_model(d2)
-    model.train()
+    model, batches, _ = build_preset_on_fixed_batches(
+        [f"model={model_preset}", *overrides], ugs, "cpu", batch_size, num_batches, "ugs-overfit-", log
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     curve = {"cls": [], "total": []}
     for step in range(iters):

@@ -90,13 +90,11 @@ def run_ur_table(
     log: Callable[[str], None],
 ) -> Dict:
     """Train ``ugs=full`` for ``train_steps`` on fixed batches, then measure every norm x rho."""
-    import tempfile
-
     import torch
+    from detectron2.utils.events import EventStorage
 
-    from ugs_d2.cli.bench import BenchError, _build_batches, _compose_preset, _load_dataset_dicts
-    from ugs_d2.config import ConfigError, resolve_device, to_detectron2_cfg
-    from ugs_d2.engine.trainer import UGSTrainer
+    from ugs_d2.cli.bench import BenchError, build_preset_on_fixed_batches
+    from ugs_d2.config import ConfigError, resolve_device
     from ugs_d2.losses import UR_NORMS
 
     for norm in norms:
@@ -110,16 +108,10 @@ def run_ur_table(
         device = resolve_device(device)
     except ConfigError as e:
         raise BenchError(str(e)) from None
-    cfg = _compose_preset(overrides, "full", device)
-    with tempfile.TemporaryDirectory(prefix="ugs-bench-ur-") as workdir:
-        dicts, num_classes = _load_dataset_dicts(cfg, overrides, batch_size * num_batches, workdir, log)
-        d2 = to_detectron2_cfg(cfg, num_classes=num_classes)
-        train_batches, _ = _build_batches(d2, dicts, batch_size, int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
-    model = UGSTrainer.build_model(d2)
-    model.train()
+    model, train_batches, cfg = build_preset_on_fixed_batches(
+        overrides, "full", device, batch_size, num_batches, "ugs-bench-ur-", log
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    from detectron2.utils.events import EventStorage
 
     for step in range(train_steps):
         with EventStorage(step):
@@ -139,7 +131,7 @@ def run_ur_table(
             rows.append(row)
     setup = dict(device=device, train_steps=train_steps, lr=lr, batch_size=batch_size,
                  num_batches=num_batches, ur_losses=model.refinement.losses,
-                 meta=d2.MODEL.META_ARCHITECTURE, size=d2.INPUT.MIN_SIZE_TRAIN)
+                 meta=type(model).__name__, size=list(cfg.model.input.min_size_train))
     return {"rows": rows, "setup": setup}
 
 
