@@ -266,39 +266,7 @@ def to_detectron2_cfg(
     _check_schedule(d2, warn=bool(output_dir))  # optimiser values, before torch sees them
     _check_weights_path(d2.MODEL.WEIGHTS)
 
-    # UGS (Table 6 rows); the architecture names follow from these keys
-    for stage in ("rpn", "roi"):
-        node = getattr(d2.MODEL.UGS, stage.upper())
-        node.ENABLED = get(f"ugs.{stage}.enabled", boolean)
-        node.REG_LOSS = get(f"ugs.{stage}.reg_loss", string)
-        node.RANGE = get(f"ugs.{stage}.range", number)
-        node.MODULATOR = get(f"ugs.{stage}.modulator", number)
-        node.NUM_INTERVALS = get(f"ugs.{stage}.num_intervals", integer)
-        node.GRID_FORM = get(f"ugs.{stage}.grid_form", string)
-    # smooth-L1's beta for a native stage: 0 = L1 (detectron2's default, the paper's
-    # "Baseline"), 1.0 = the paper's "Smooth-L1" row (MMDetection's SmoothL1Loss)
-    d2.MODEL.RPN.SMOOTH_L1_BETA = get("ugs.rpn.smooth_l1_beta", number)
-    d2.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = get("ugs.roi.smooth_l1_beta", number)
-    d2.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = d2.MODEL.RPN.SMOOTH_L1_BETA  # the dense head reads ugs.rpn
-    for stage in ("rpn", "roi"):
-        if get(f"ugs.{stage}.smooth_l1_beta", number) < 0:
-            raise ConfigError(f"ugs.{stage}.smooth_l1_beta: expected >= 0 (0 = L1)")
-    d2.MODEL.UGS.UM_WEIGHT = get("ugs.um_weight", number)
-    d2.MODEL.UGS.UR_WEIGHT = get("ugs.ur_weight", number)
-    d2.MODEL.UGS.UR_RHO = get("ugs.ur_rho", number)
-    d2.MODEL.UGS.UR_LEVELS = get("ugs.ur_levels", _list_of(string))
-    d2.MODEL.UGS.UR_NORM = get("ugs.ur_norm", string)
-    d2.MODEL.UGS.UR_LOSSES = get("ugs.ur_losses", string)
-    d2.MODEL.UGS.UR_IMPL = get("ugs.ur_impl", string)
-    d2.MODEL.UGS.DET_LOSS_SCALE = get("ugs.det_loss_scale", number)
-    d2.MODEL.UGS.DENSE.LOC_WEIGHT = get("ugs.dense.loc_weight", number)
-    d2.MODEL.UGS.DENSE.COORD_REDUCTION = get("ugs.dense.coord_reduction", string)
-    clip = get("ugs.grad_clip_norm", number)
-    if clip < 0:
-        raise ConfigError(f"ugs.grad_clip_norm: expected >= 0, got {clip}")
-    d2.SOLVER.CLIP_GRADIENTS.ENABLED = clip > 0
-    d2.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
-    d2.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = clip if clip > 0 else 1.0
+    _ugs(d2, get)  # ugs.*: the Table 6 rows; the architecture names follow from these keys
 
     # gradient-variance probes (ugs_d2.engine.gradvar); change no training computation
     d2.GRADVAR = CfgNode()
@@ -449,6 +417,43 @@ def _input_resize_and_augment(cfg: DictConfig, d2: CfgNode, get: Callable) -> No
     crop.MAX_TRIES = in_range("augment.crop.max_tries", _integer, 1, 10_000)
     rotation.PROB = in_range("augment.rotation.prob", _number, 0, 1)
     rotation.MAX_ANGLE = in_range("augment.rotation.max_angle", _number, 0, 180)
+
+
+def _ugs(d2: CfgNode, get: Callable) -> None:
+    """``ugs.*`` (configs/ugs) -> ``d2.MODEL.UGS`` (ugs_d2.modeling.config), the native stages'
+    smooth-L1 beta and gradient clipping."""
+    for stage in ("rpn", "roi"):
+        node = getattr(d2.MODEL.UGS, stage.upper())
+        node.ENABLED = get(f"ugs.{stage}.enabled", _boolean)
+        node.REG_LOSS = get(f"ugs.{stage}.reg_loss", _string)
+        node.RANGE = get(f"ugs.{stage}.range", _number)
+        node.MODULATOR = get(f"ugs.{stage}.modulator", _number)
+        node.NUM_INTERVALS = get(f"ugs.{stage}.num_intervals", _integer)
+        node.GRID_FORM = get(f"ugs.{stage}.grid_form", _string)
+    # smooth-L1's beta for a native stage: 0 = L1 (detectron2's default, the paper's
+    # "Baseline"), 1.0 = the paper's "Smooth-L1" row (MMDetection's SmoothL1Loss)
+    d2.MODEL.RPN.SMOOTH_L1_BETA = get("ugs.rpn.smooth_l1_beta", _number)
+    d2.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = get("ugs.roi.smooth_l1_beta", _number)
+    d2.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = d2.MODEL.RPN.SMOOTH_L1_BETA  # the dense head reads ugs.rpn
+    for stage in ("rpn", "roi"):
+        if get(f"ugs.{stage}.smooth_l1_beta", _number) < 0:
+            raise ConfigError(f"ugs.{stage}.smooth_l1_beta: expected >= 0 (0 = L1)")
+    d2.MODEL.UGS.UM_WEIGHT = get("ugs.um_weight", _number)
+    d2.MODEL.UGS.UR_WEIGHT = get("ugs.ur_weight", _number)
+    d2.MODEL.UGS.UR_RHO = get("ugs.ur_rho", _number)
+    d2.MODEL.UGS.UR_LEVELS = get("ugs.ur_levels", _list_of(_string))
+    d2.MODEL.UGS.UR_NORM = get("ugs.ur_norm", _string)
+    d2.MODEL.UGS.UR_LOSSES = get("ugs.ur_losses", _string)
+    d2.MODEL.UGS.UR_IMPL = get("ugs.ur_impl", _string)
+    d2.MODEL.UGS.DET_LOSS_SCALE = get("ugs.det_loss_scale", _number)
+    d2.MODEL.UGS.DENSE.LOC_WEIGHT = get("ugs.dense.loc_weight", _number)
+    d2.MODEL.UGS.DENSE.COORD_REDUCTION = get("ugs.dense.coord_reduction", _string)
+    clip = get("ugs.grad_clip_norm", _number)
+    if clip < 0:
+        raise ConfigError(f"ugs.grad_clip_norm: expected >= 0, got {clip}")
+    d2.SOLVER.CLIP_GRADIENTS.ENABLED = clip > 0
+    d2.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    d2.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = clip if clip > 0 else 1.0
 
 
 def _tiling(cfg: DictConfig, d2: CfgNode, get: Callable) -> None:
