@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 import detectron2
 
 __all__ = [
+    "reset_checkpointer_load_state",
     "DETECTRON2_VERSION",
     "HAS_COMPILED_OPS",
     "describe_detectron2",
@@ -233,3 +234,16 @@ def fcos_labels_images_without_boxes() -> bool:
     from detectron2.modeling.meta_arch.fcos import FCOS
 
     return not hasattr(FCOS, "match_anchors")
+
+
+def reset_checkpointer_load_state(checkpointer) -> None:
+    """Clear the per-load state of a ``DetectionCheckpointer`` after a load that raised.
+
+    Upstream main's ``DetectionCheckpointer.load`` keeps the URL it is loading in
+    ``_parsed_url_during_load``, resets it only when the load succeeds, and asserts that it is
+    unset at the start of the next load; so after one unreadable file every later load fails.
+    detectron2 0.6 has no such state. Safe to call on both.
+    """
+    if hasattr(checkpointer, "_parsed_url_during_load"):
+        checkpointer._parsed_url_during_load = None
+

@@ -31,6 +31,7 @@ from typing import Any, List, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ugs_d2.compat import reset_checkpointer_load_state
 from ugs_d2.fileio import TMP_PREFIX, write_atomic
 from ugs_d2.modeling.stage import check_grids
 
@@ -206,6 +207,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"{filename}: not a checkpoint (no state dict in it)")
         check_grids(self.model.state_dict(), loaded["model"], source=filename)  # GridMismatchError
         return loaded
+
+    def load(self, path, *args, **kwargs):
+        try:
+            return super().load(path, *args, **kwargs)
+        except Exception:
+            reset_checkpointer_load_state(self)  # so that the fallback's next load can run
+            raise
 
     def _load_model(self, checkpoint: Any):
         self.last_incompatible = super()._load_model(checkpoint)
