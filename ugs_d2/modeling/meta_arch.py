@@ -77,10 +77,6 @@ class UGSRCNN(GeneralizedRCNN):
         )
         return ret
 
-    @property
-    def ur_weight(self) -> float:
-        return self.refinement.weight
-
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """GeneralizedRCNN's forward; in training with UR, its losses plus ``loss_ur``."""
         if not self.training:

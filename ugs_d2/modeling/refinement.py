@@ -20,7 +20,7 @@ the detection losses times ``1 + gamma`` without any perturbation.
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -169,7 +169,8 @@ def refinement_loss(
             e.flatten(1).norm(dim=1) / features[level].flatten(1).norm(dim=1).clamp_min(1e-12)
             for level, e in eps.items()
         ]
-        ratios = torch.cat(ratios)[torch.cat(ratios) > 0] if ratios else torch.zeros(0)
+        ratios = torch.cat(ratios) if ratios else torch.zeros(0)
+        ratios = ratios[ratios > 0]
     storage = _current_storage()
     if storage is not None:
         storage.put_scalar("ur/loss_delta", float(delta))
@@ -200,8 +201,3 @@ def private_event_storage():
     storage = _current_storage()
     with EventStorage(storage.iter if storage is not None else 0):
         yield
-
-
-def feature_list_to_dict(names: List[str], features: List[Tensor]) -> Dict[str, Tensor]:
-    """A dense head's aligned (names, levels) as the dict :func:`perturb` takes."""
-    return dict(zip(names, features))

@@ -194,8 +194,7 @@ def check_grids(model_state: Mapping[str, Tensor], checkpoint_state: Mapping[str
     for key, mine in model_state.items():
         if not (key == "grid" or key.endswith(".grid")) or key not in checkpoint_state:
             continue
-        theirs = checkpoint_state[key]
-        theirs = torch.as_tensor(theirs)
+        theirs = torch.as_tensor(checkpoint_state[key])
         same = theirs.shape == mine.shape and torch.allclose(
             theirs.double().cpu(), mine.double().cpu(), atol=1e-6, rtol=0
         )

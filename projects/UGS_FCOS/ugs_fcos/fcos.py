@@ -16,8 +16,6 @@ The head's box conv predicts ``4*K`` channels per location laid out ``(4, K)``. 
 detectron2's; only the top-k locations' expected distances are decoded (always in
 ``[0, scale * a]``, so detectron2's ReLU is a no-op).
 """
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
