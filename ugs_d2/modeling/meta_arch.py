@@ -77,6 +77,11 @@ class UGSRCNN(GeneralizedRCNN):
         )
         return ret
 
+    @property
+    def ur_weight(self) -> float:
+        """gamma (``refinement.weight``); 0 when UR is off."""
+        return self.refinement.weight
+
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """GeneralizedRCNN's forward; in training with UR, its losses plus ``loss_ur``."""
         if not self.training:
