@@ -105,6 +105,18 @@ def _replace_first_image(content):
     return prepare
 
 
+def _truncate_first_image(root):
+    """The first training image cut in half: its header (and so its size) reads fine, decoding fails."""
+    with open(os.path.join(root, "annotations", "train.json")) as f:
+        first = json.load(f)["images"][0]["file_name"]
+    path = os.path.join(root, "train", first)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    return path
+
+
 # (id, overrides or None, json edit of train.json or None, image preparation or None, expected)
 TRAIN_CASES = [
     ("negative_lr", ["schedule.base_lr=-0.01"], None, None, ["schedule.base_lr", "-0.01"]),
@@ -131,6 +143,7 @@ TRAIN_CASES = [
     ("zero_byte_image", None, None, _replace_first_image(b""), ["000001.png", "unreadable image"]),
     ("not_an_image", None, None, _replace_first_image(b"this is not a png\n"),
      ["000001.png", "unreadable image"]),
+    ("truncated_image", None, None, _truncate_first_image, ["000001.png", "unreadable image", "truncated"]),
     ("json_lies_about_size", None, _claim_size(96, 128), None,
      ["000001.png", "image is 128x128", "96x128"]),
     ("json_claims_gigantic", None, _claim_size(5000, 5000), None,

@@ -130,3 +130,50 @@ def test_written_hydra_files_are_the_ones_hydra_writes(tiny_dataset, tmp_path):
     hydra_cfg = OmegaConf.load(hydra_dir / "hydra.yaml")
     assert hydra_cfg.hydra.runtime.output_dir == str(run_dir)
     assert "name" in hydra_cfg.hydra.job.config.override_dirname.exclude_keys
+
+
+def _large_coco_json(path, images=4000, boxes=300_000):
+    """A COCO json big enough that reading and analysing it takes seconds (numpy, seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 900, size=(boxes, 2)).round(1)
+    wh = rng.uniform(2, 90, size=(boxes, 2)).round(1)
+    image_ids = rng.integers(1, images + 1, size=boxes)
+    classes = rng.integers(1, 6, size=boxes)
+    annotations = [
+        {"id": k + 1, "image_id": int(i), "category_id": int(c), "bbox": [*map(float, p), *map(float, s)],
+         "area": float(s[0] * s[1]), "iscrowd": 0}
+        for k, (i, c, p, s) in enumerate(zip(image_ids, classes, xy, wh))
+    ]
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 1000, "height": 1000} for i in range(1, images + 1)],
+            "annotations": annotations, "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 6)]}
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _has_open(proc, path):
+    """Whether ``proc`` holds ``path`` open: it is past argument parsing, inside the command's work."""
+    fd_dir = f"/proc/{proc.pid}/fd"
+    try:
+        return any(os.readlink(os.path.join(fd_dir, fd)) == str(path) for fd in os.listdir(fd_dir))
+    except OSError:  # the process ended, or an fd closed while we looked
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see when the input is read")
+@pytest.mark.parametrize("module,prog,args", [
+    ("ugs_d2.cli.anchors", "ugs-anchors", ["--out", "{out}.yaml", "--generations", "100000", "--no-progress"]),
+    ("ugs_d2.cli.health", "ugs-health", ["--out", "{out}"]),
+    ("ugs_d2.cli.classes", "ugs-classes", ["--out", "{out}.json", "--drop", "c1"]),
+], ids=["ugs-anchors", "ugs-health", "ugs-classes"])
+def test_ctrl_c_in_the_dataset_tools_is_one_line_and_writes_nothing(tmp_path, module, prog, args):
+    """Ctrl-C while the command reads its (large) input: one line, exit 130, no output, no temp file."""
+    data = _large_coco_json(tmp_path / "train.json")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", module, str(data), *[a.format(out=out) for a in args]]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _has_open(proc, data), proc, timeout=120), "never opened its input"
+    stopped = _stop(proc, signal.SIGINT)
+    assert_one_line_failure(stopped, prog, "interrupted (Ctrl-C)", "rerun the same command", rc=130)
+    assert sorted(os.listdir(tmp_path)) == ["train.json"]

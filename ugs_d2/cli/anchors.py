@@ -409,6 +409,14 @@ def grid_table(rows: Sequence[Tuple[str, A.GridMetrics, A.AnchorMetrics]], thr: 
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
+    from ugs_d2.interrupts import interruptible
+
+    with interruptible(PROG, "rerun the same command"):
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-anchors: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -484,6 +484,11 @@ def _progress(total: int, name: str, quiet: bool):
 
 
 def _worker_main(spec_path: str) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the parent (``ugs-bench``) reports it
+    # in one line and kills this worker, so the worker itself ignores it (no second traceback).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with open(spec_path) as f:
         spec = json.load(f)
     write_json_atomic(spec["out"], run_variant(spec))

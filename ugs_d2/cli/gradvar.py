@@ -608,6 +608,14 @@ def _sweep_main(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
+    from ugs_d2.interrupts import interruptible
+
+    with interruptible(PROG, "rerun the same command"):
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Compare two runs' localization-gradient variance per GT size "

@@ -591,6 +591,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
+    from ugs_d2.interrupts import interruptible
+
+    with interruptible(PROG, "rerun the same command"):
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-results: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:

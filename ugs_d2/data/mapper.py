@@ -39,10 +39,13 @@ from ugs_d2.data.augment import (
     compose_mosaic,
     mosaic_settings,
 )
+from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.data.datasets import read_image
 
 __all__ = [
     "MIN_BOX_SIDE",
     "AugmentingDatasetMapper",
+    "FileNamingDatasetMapper",
     "build_train_loader",
     "needs_augmenting_mapper",
 ]
@@ -67,7 +70,19 @@ def _boxes_xyxy(annotations: Sequence[Dict]) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-class AugmentingDatasetMapper(DatasetMapper):
+class FileNamingDatasetMapper(DatasetMapper):
+    """detectron2's ``DatasetMapper``; an image that fails to decode is a :class:`DatasetError`
+    naming its file. A truncated image passes the header checks at registration and PIL's
+    "image file is truncated" names no file, so without this it is a traceback mid-training."""
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError) as e:  # PIL's decoding errors (SyntaxError: broken PNG)
+            raise DatasetError(f"{dataset_dict['file_name']}: unreadable image ({e})") from None
+
+
+class AugmentingDatasetMapper(FileNamingDatasetMapper):
     """``DatasetMapper`` with mosaic, small-object-safe crop, rotation and optional no-resize."""
 
     @configurable
@@ -154,7 +169,7 @@ class AugmentingDatasetMapper(DatasetMapper):
         ]
         images = [image]
         for record in records[1:]:
-            partner = utils.read_image(record["file_name"], format=self.image_format)
+            partner = read_image(record["file_name"], format=self.image_format)
             utils.check_image_size(record, partner)
             images.append(partner)
         annotations = [[a for a in r.get("annotations", []) if a.get("iscrowd", 0) == 0] for r in records]
@@ -193,7 +208,7 @@ class AugmentingDatasetMapper(DatasetMapper):
         if not self._own_path:  # inference, or training with only resize/flip: detectron2's path
             return super().__call__(dataset_dict)
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         if self.mosaic is not None:
             rng = self._generator()

@@ -164,12 +164,15 @@ class UGSTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         # augment: / input=native need ugs_d2's mapper; otherwise detectron2's loader, unchanged
-        from ugs_d2.data.mapper import build_train_loader, needs_augmenting_mapper
+        from detectron2.data import build_detection_train_loader
+
+        from ugs_d2.data.mapper import FileNamingDatasetMapper, build_train_loader, needs_augmenting_mapper
 
         try:
             if needs_augmenting_mapper(cfg):
                 return build_train_loader(cfg)
-            return super().build_train_loader(cfg)
+            # detectron2's default loader, with a mapper that names an image it cannot decode
+            return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
         except AssertionError as e:  # detectron2's "No valid data found in <names>."
             if "No valid data found" not in str(e):
                 raise
@@ -185,7 +188,11 @@ class UGSTrainer(DefaultTrainer):
             from ugs_d2.inference.tiled import build_tiled_test_loader
 
             return build_tiled_test_loader(cfg, dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        from detectron2.data import build_detection_test_loader
+
+        from ugs_d2.data.mapper import FileNamingDatasetMapper
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False))
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
