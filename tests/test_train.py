@@ -22,7 +22,7 @@ def test_ugs_train_writes_results_and_done_marker(tiny_dataset, tmp_path):
         c["name"] for c in json.load(open(os.path.join(tiny_dataset, "annotations", "val.json")))["categories"]
     }
     assert results["iterations"] == 4 and results["wall_time_s"] > 0
-    # what ran: this interpreter's detectron2 build, packages and hardware (README: reproducing)
+    # what ran: this interpreter's detectron2 build, packages and hardware (docs/reproduction.md)
     from ugs_d2 import compat
 
     env = results["environment"]

@@ -2,7 +2,7 @@
 
 ``results.json`` keeps all of it (``environment``), W&B's config and the benchmark reports the
 short part (:func:`run_environment` with ``packages=False``): numbers are reproducible to the
-digit only on the same hardware with the same packages (README, "Reproducing the numbers").
+digit only on the same hardware with the same packages (docs/reproduction.md, "Reproducing these numbers").
 """
 import importlib.metadata
 import os
