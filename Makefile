@@ -4,6 +4,7 @@
 #   make install D2_SOURCE=/path/to/detectron2   # use official detectron2 (full C++/CUDA ops)
 #   make run ARGS="ugs=full seed=1"              # any ugs-train overrides
 #   make test PYTEST_ARGS="-k bins"
+#   make lint            # ruff: pyflakes, pycodestyle, import order (pyproject.toml)
 #   make test-upstream   # the tests on upstream main (../shared/vendor), in .venv-upstream
 #   make install LOCK=   # without the lock launch/constraints.txt (e.g. a cluster's own torch)
 
@@ -15,7 +16,7 @@ ARGS ?=
 PYTEST_ARGS ?= -q
 export PYTHON VENV D2_SOURCE LOCK
 
-.PHONY: install run test test-upstream bench-deps bench-deps-headless clean-outputs help FORCE
+.PHONY: install run test lint test-upstream bench-deps bench-deps-headless clean-outputs help FORCE
 
 help:
 	@sed -n '1,10p' Makefile
@@ -44,6 +45,13 @@ run: install
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# ruff, pinned, installed into the environment on first use; its settings are in pyproject.toml.
+RUFF_VERSION ?= 0.17.6
+lint: install
+	@$(VENV)/bin/ruff --version 2>/dev/null | grep -qx "ruff $(RUFF_VERSION)" || \
+		$(VENV)/bin/python -m pip install -q --disable-pip-version-check "ruff==$(RUFF_VERSION)"
+	$(VENV)/bin/ruff check .
 
 # The test suite on upstream detectron2 main with its C++ ops: the source tarball in
 # ../shared/vendor/ (D2_TARBALL) built into its own environment by launch/upstream_env.sh
