@@ -9,7 +9,7 @@ coordinates and merges the duplicates that overlapping windows produce.
 
 Pieces:
 
-* :func:`pairwise_overlap` / :func:`merge_detections` -- pure, class-aware NMS or greedy
+* :func:`merge_detections` (on :func:`ugs_d2.boxes.pairwise_overlap`) -- pure, class-aware NMS or greedy
   non-maximum merging (NMM) under IoU or IOS (intersection over the smaller area).
 * :class:`TiledPredictor` -- ``predictor(image_bgr) -> Instances``; ``predictor.last_timing``
   holds ``total_s`` and ``model_s`` (time inside the model's forward) of the last call.
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ugs_d2.boxes import MATCH_METRICS, pairwise_overlap
 from ugs_d2.data.tiling import tile_windows, validate_tiling
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MERGE_METHODS",
     "MATCH_METRICS",
-    "pairwise_overlap",
     "merge_detections",
     "DEFAULT_BATCH_SIZE",
     "fuse_conv_bn_",
@@ -56,41 +56,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MERGE_METHODS = ("nms", "nmm")
-MATCH_METRICS = ("iou", "ios")
 DEFAULT_TEST_SIZE = (800, 1333)  # detectron2's INPUT.MIN/MAX_SIZE_TEST defaults
 #: TiledPredictor's batch_size=None: windows per forward by device type. On CPU batching gains
 #: nothing and costs memory (results/sahi_benchmark.md: 0.76x at 8, 1.03x at 1 vs SAHI).
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def pairwise_overlap(a: np.ndarray, b: np.ndarray, metric: str = "iou") -> np.ndarray:
-    """Overlap of every box in ``a`` with every box in ``b``.
-
-    Args:
-        a: (N, 4) boxes ``x0, y0, x1, y1``; b: (M, 4).
-        metric: ``iou`` = intersection / union; ``ios`` = intersection / the smaller of the
-            two areas (1 when one box lies inside the other: the case of an object cut by a
-            tile edge, whose partial box has a low IoU with the whole one).
-
-    Returns:
-        (N, M) float64 array in [0, 1]; 0 where a denominator is 0.
-    """
-    if metric not in MATCH_METRICS:
-        raise ValueError(f"match metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    if metric == "iou":
-        denominator = area_a[:, None] + area_b[None, :] - inter
-    else:
-        denominator = np.minimum(area_a[:, None], area_b[None, :])
-    return np.divide(inter, denominator, out=np.zeros_like(inter), where=denominator > 0)
 
 
 def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarray:
@@ -115,7 +85,6 @@ def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarra
     owner = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return owner
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     by_left = np.argsort(boxes[:, 0], kind="stable")
     lefts = boxes[by_left, 0]
     max_width = float(np.max(boxes[:, 2] - boxes[:, 0]))
@@ -130,15 +99,7 @@ def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarra
         candidates = candidates[(candidates > i) & (owner[candidates] < 0)]
         if candidates.size == 0:
             continue
-        other = boxes[candidates]
-        w = np.minimum(other[:, 2], boxes[i, 2]) - np.maximum(other[:, 0], boxes[i, 0])
-        h = np.minimum(other[:, 3], boxes[i, 3]) - np.maximum(other[:, 1], boxes[i, 1])
-        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-        if metric == "iou":
-            denominator = area[i] + area[candidates] - inter
-        else:
-            denominator = np.minimum(area[i], area[candidates])
-        overlap = np.divide(inter, denominator, out=np.zeros_like(inter), where=denominator > 0)
+        overlap = pairwise_overlap(boxes[i:i + 1], boxes[candidates], metric)[0]
         owner[candidates[overlap > threshold]] = i
     return owner
 
@@ -167,7 +128,7 @@ def merge_detections(
     Args:
         boxes: (N, 4) float ``x0, y0, x1, y1``; scores: (N,); classes: (N,) int (tensors or
             arrays).
-        method: ``nms`` | ``nmm``; metric: ``iou`` | ``ios`` (see :func:`pairwise_overlap`);
+        method: ``nms`` | ``nmm``; metric: ``iou`` | ``ios`` (see :func:`ugs_d2.boxes.pairwise_overlap`);
         threshold: in [0, 1].
 
     Returns:
