@@ -1,15 +1,18 @@
 """Atomic file writes: a reader (or a rerun after a kill) never sees a half-written file.
+Also :func:`run_dirname`, the one safe directory name a run's overrides get (used by the
+``ugs-train`` entry point for its run directories and by the W&B writer for run names).
 
 Every file that downstream tools trust (checkpoints, ``results.json``, dataset json, result
 tables) is written through :func:`write_atomic`: the content goes to a temporary file in the
 same directory, which is then renamed over the target.
 """
+import hashlib
 import json
 import os
 import tempfile
 from typing import IO, Any, Callable
 
-__all__ = ["TMP_PREFIX", "write_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "write_atomic", "write_text_atomic", "write_json_atomic"]
 
 # Temporary files start with this and never end in the target's name, so globs for
 # checkpoints (``*.pth``) or results never pick one up.
@@ -74,3 +77,19 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj: Any, **dumps_kwargs: Any) -> None:
     """``json.dumps(obj, **dumps_kwargs)`` plus a final newline, written atomically."""
     write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+MAX_DIRNAME = 120
+
+
+def run_dirname(override_dirname: str) -> str:
+    """Hydra's ``override_dirname`` as one safe path component.
+
+    Overrides may hold paths (``dataset.root=/data/x``) and many of them exceed a file
+    name's 255 bytes, so '/' is escaped and a long name keeps its start plus a hash of the rest.
+    """
+    name = override_dirname.replace("/", "%") or "default"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_DIRNAME - 13]}-{digest}"
+    return name
