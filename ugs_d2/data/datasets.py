@@ -260,9 +260,9 @@ def _register_coco_with_detectron2(name: str, json_file: str, image_root: str, b
     from detectron2.data.datasets import register_coco_instances
 
     if builtin:
-        from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+        from ugs_d2.compat import builtin_metadata
 
-        metadata = _get_builtin_metadata(builtin)
+        metadata = builtin_metadata(builtin)
     else:
         categories = sorted(read_coco_json(json_file)["categories"], key=lambda c: c["id"])
         metadata = {

@@ -23,6 +23,8 @@ from detectron2.modeling.roi_heads import (
 )
 from detectron2.structures import Instances
 
+from ugs_d2.compat import forward_box
+
 from .config import build_localization, validate_ugs_config
 from .stage import ENTROPY_PREFIX, BinLocalization
 
@@ -185,11 +187,11 @@ class UGSROIHeads(StandardROIHeads):
         """
         if pooled is None:
             perturbed = {k: v + eps[k] if k in eps else v for k, v in features.items()}
-            return self._forward_box(perturbed, sampled_proposals)
+            return forward_box(self, perturbed, sampled_proposals)
         # eps of the levels without perturbation is 0: ROIAlign(0) = 0 adds nothing
         eps_levels = {k: eps[k] if k in eps else torch.zeros_like(features[k]) for k in self.box_in_features}
         handle = self.box_pooler.register_forward_hook(lambda m, i, out: pooled + out)
         try:
-            return self._forward_box(eps_levels, sampled_proposals)
+            return forward_box(self, eps_levels, sampled_proposals)
         finally:
             handle.remove()
