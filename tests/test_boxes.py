@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ugs_d2.boxes import box_ios, box_iou, clip_boxes, pairwise_overlap
+from ugs_d2.boxes import box_ios, box_iou, clip_boxes, overlap_with, pairwise_overlap
 
 A = np.array([[0, 0, 10, 10], [0, 0, 4, 2]], dtype=float)
 B = np.array([[5, 0, 15, 10], [2, 2, 6, 6], [20, 20, 30, 30], [0, 0, 10, 10]], dtype=float)
@@ -54,3 +54,20 @@ def test_clip_boxes_by_hand():
     assert clipped.tolist() == [[0, 0, 8, 6], [2, 3, 4, 5], [10, 6, 10, 6]]
     assert clipped.dtype == np.float64
     assert boxes[0] == [-5, -1, 8, 12]  # the input is not modified
+
+
+@pytest.mark.parametrize("metric", ["iou", "ios"])
+def test_overlap_with_equals_pairwise_overlap(metric):
+    """The numpy kernel of the greedy merge gives exactly detectron2's values (random boxes, a
+    duplicate, a contained one, a point and an inverted one)."""
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, 50, (200, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(0, 20, (200, 2))], axis=1)
+    boxes[1] = boxes[0]
+    boxes[2] = boxes[0] + [1, 1, -1, -1]
+    boxes[3] = [5, 5, 5, 5]
+    boxes[4] = [30, 30, 10, 10]
+    for i in range(10):
+        row = pairwise_overlap(boxes[i:i + 1], boxes, metric)[0]
+        assert np.array_equal(overlap_with(boxes[i], boxes, metric), row), i
+    assert overlap_with(boxes[0], boxes, metric)[1] == 1.0  # the duplicate

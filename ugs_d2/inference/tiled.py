@@ -9,7 +9,7 @@ coordinates and merges the duplicates that overlapping windows produce.
 
 Pieces:
 
-* :func:`merge_detections` (on :func:`ugs_d2.boxes.pairwise_overlap`) -- pure, class-aware NMS or greedy
+* :func:`merge_detections` (on :mod:`ugs_d2.boxes`) -- pure, class-aware NMS or greedy
   non-maximum merging (NMM) under IoU or IOS (intersection over the smaller area).
 * :class:`TiledPredictor` -- ``predictor(image_bgr) -> Instances``; ``predictor.last_timing``
   holds ``total_s`` and ``model_s`` (time inside the model's forward) of the last call.
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ugs_d2.boxes import MATCH_METRICS, pairwise_overlap
+from ugs_d2.boxes import MATCH_METRICS, overlap_with
 from ugs_d2.data.tiling import tile_windows, validate_tiling
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarra
         candidates = candidates[(candidates > i) & (owner[candidates] < 0)]
         if candidates.size == 0:
             continue
-        overlap = pairwise_overlap(boxes[i:i + 1], boxes[candidates], metric)[0]
+        overlap = overlap_with(boxes[i], boxes[candidates], metric)
         owner[candidates[overlap > threshold]] = i
     return owner
 
