@@ -18,7 +18,7 @@ The dependency direction (docs/architecture.md; ``LAYERS`` below): entry points 
 """
 import ast
 import os
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Set
 
 import pytest
 

@@ -29,7 +29,6 @@ import os
 import re
 from typing import Any, List, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ugs_d2.compat import reset_checkpointer_load_state
