@@ -63,6 +63,17 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _check_merge(method: str, metric: str, threshold: float, names: Tuple[str, str, str]) -> None:
+    """ValueError (one line, starting with the argument's name in ``names``) unless ``method``
+    is one of MERGE_METHODS, ``metric`` one of MATCH_METRICS and ``threshold`` in [0, 1]."""
+    if method not in MERGE_METHODS:
+        raise ValueError(f"{names[0]}: expected one of {', '.join(MERGE_METHODS)}, got {method!r}")
+    if metric not in MATCH_METRICS:
+        raise ValueError(f"{names[1]}: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"{names[2]}: expected a number in [0, 1], got {threshold!r}")
+
+
 def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarray:
     """Greedy pass over boxes sorted by descending score.
 
@@ -135,12 +146,7 @@ def merge_detections(
         ``(boxes, scores, classes)`` tensors of the kept detections, by descending score, on
         the input's device.
     """
-    if method not in MERGE_METHODS:
-        raise ValueError(f"merge method: expected one of {', '.join(MERGE_METHODS)}, got {method!r}")
-    if metric not in MATCH_METRICS:
-        raise ValueError(f"match metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"match threshold: expected a number in [0, 1], got {threshold!r}")
+    _check_merge(method, metric, threshold, names=("merge method", "match metric", "match threshold"))
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device).reshape(-1)
     classes = torch.as_tensor(classes, device=boxes.device).reshape(-1)
@@ -441,12 +447,7 @@ class TiledPredictor:
             raise ValueError(f"autocast: expected one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast!r}")
         if autocast is not None and device_type != "cuda":
             raise ValueError(f"autocast: {autocast} is for a CUDA model; this one is on {device_type}")
-        if merge not in MERGE_METHODS:
-            raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, got {merge!r}")
-        if metric not in MATCH_METRICS:
-            raise ValueError(f"metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+        _check_merge(merge, metric, threshold, names=("merge", "metric", "threshold"))
         self.optimize = device_type == "cpu" if optimize is None else bool(optimize)
         self.model = optimize_for_inference(model) if self.optimize else model
         self.autocast = autocast

@@ -25,7 +25,7 @@ from detectron2.structures import Instances
 
 from ugs_d2.compat import forward_box
 
-from .config import build_localization, validate_ugs_config
+from .config import StageFromConfig
 from .stage import ENTROPY_PREFIX, BinLocalization
 
 __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
@@ -34,7 +34,7 @@ __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
 ENTROPY_KEY = ENTROPY_PREFIX + "_roi"
 
 
-class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
+class UGSFastRCNNOutputLayers(StageFromConfig, FastRCNNOutputLayers):
     """FastRCNNOutputLayers with a UGS box branch.
 
     ``forward`` is detectron2's and returns ``(scores (R, C+1), box_params (R, C*4*P))``.
@@ -47,6 +47,10 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
     * kl: ``loss_box_reg`` = KL loss of He et al., same normalisation; boxes decode the means
       (no variance voting).
     """
+
+    UGS_STAGE = "ROI"
+    UM_KEY = "loss_um_roi"
+    ENTROPY_KEY = ENTROPY_KEY
 
     @configurable
     def __init__(self, input_shape, *, localization: BinLocalization, **kwargs):
@@ -64,23 +68,6 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.bbox_pred = nn.Linear(old.in_features, old.out_features * P)
             nn.init.normal_(self.bbox_pred.weight, std=0.001)  # detectron2's init
             nn.init.constant_(self.bbox_pred.bias, 0)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        validate_ugs_config(cfg)
-        ret = super().from_config(cfg, input_shape)
-        ret["localization"] = build_localization(
-            cfg, "ROI", um_key="loss_um_roi", entropy_key=ENTROPY_KEY
-        )
-        return ret
-
-    @property
-    def mode(self) -> str:
-        return self.localization.mode
-
-    @property
-    def params_per_coord(self) -> int:
-        return self.localization.params_per_coord
 
     def _box_params(self, box_params: Tensor) -> Tensor:
         """(R, C*4*P) -> (R, C, 4, P)."""
