@@ -190,6 +190,42 @@ def test_ugs_training_step_gives_finite_losses_and_gradients(model_name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("model_name", ["retinanet_r18_fpn", "fcos_r18_fpn"])
+def test_dense_losses_equal_detectron2s_on_the_point_estimates_with_the_box_term_replaced(model_name):
+    """``losses`` hands detectron2 placeholders for the box term it replaces (no decoding of the
+    bins for a thrown-away term); every loss is what detectron2's ``losses`` on the decoded point
+    estimates gives, with the box term overwritten by the bin losses (the earlier reading)."""
+    from detectron2.modeling.meta_arch.fcos import FCOS
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    from ugs_d2.compat import dense_loss_normalizer, restore_dense_loss_normalizer, transpose_dense_predictions
+
+    model = build_model(d2_config(model_name, "ugs=full"))
+    model.train()
+    batch = training_batch()
+    images = model.preprocess_image(batch)
+    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+    anchors = model.anchor_generator(features)
+    gt_labels, gt_boxes = model.label_anchors(anchors, [b["instances"] for b in batch])
+    dense = model_name.startswith("fcos")
+    dims = [model.num_classes, 4, 1] if dense else [model.num_classes, 4]
+    logits, params, *centerness = transpose_dense_predictions(model, model.head(features), dims)
+    before = dense_loss_normalizer(model)
+    with EventStorage(0):
+        losses = model.losses(anchors, logits, gt_labels, params, gt_boxes, *centerness)
+        restore_dense_loss_normalizer(model, before)
+        parent = FCOS if dense else RetinaNet
+        reference = parent.losses(model, anchors, logits, gt_labels, model.point_deltas(params), gt_boxes, *centerness)
+    labels = torch.stack(gt_labels)
+    fg = (labels >= 0) & (labels != model.num_classes)
+    extra = model.bin_losses(anchors, params, gt_boxes, fg, dense_loss_normalizer(model))
+    reference["loss_fcos_loc" if dense else "loss_box_reg"] = extra.pop("loc")
+    reference.update(extra)
+    assert set(losses) == set(reference)
+    for key, value in reference.items():
+        assert torch.equal(losses[key], value), key
+
+
 def image_without_boxes(size=128):
     empty = Instances((size, size))
     empty.gt_boxes, empty.gt_classes = Boxes(torch.zeros(0, 4)), torch.zeros(0, dtype=torch.int64)

@@ -156,6 +156,32 @@ def test_atomic_checkpointer_leaves_no_partial_file(tmp_path, monkeypatch):
     assert torch.equal(other.weight, model.weight)
 
 
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_previous(tmp_path):
+    """A real write failure (the process's file-size limit: EFBIG, as a full disk gives ENOSPC)
+    half-way through the checkpoint: one-line CheckpointError, the tag and previous checkpoint
+    intact, no temporary file left."""
+    resource = pytest.importorskip("resource")
+    from ugs_d2.engine.checkpoint import CheckpointError
+
+    model = torch.nn.Linear(512, 512)  # ~1 MB of weights
+    ckpt = AtomicCheckpointer(model, str(tmp_path))
+    ckpt.save("model_0000001")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(CheckpointError) as raised:
+            ckpt.save("model_0000003")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'model_0000003.pth'}: checkpoint not written (File too large); ")
+    assert f"{tmp_path / 'model_0000001.pth'} is intact" in message
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == "model_0000001.pth"
+    assert not (tmp_path / "model_0000003.pth").exists()
+    assert _leftover_temp_files(tmp_path) == []
+
+
 def _hold_lock(run_dir):
     """Hold the run directory's lock as a live `ugs-train` process would."""
     import fcntl

@@ -13,9 +13,9 @@ from ugs_d2.inference.tiled import (
     TiledPredictor,
     _greedy_owner,
     merge_detections,
-    pairwise_overlap,
     predict_whole_image,
 )
+from ugs_d2.boxes import pairwise_overlap
 
 # --- merging by hand -------------------------------------------------------------------------
 

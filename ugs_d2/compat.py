@@ -1,4 +1,5 @@
-"""The one place where ugs_d2 guards differences between detectron2 builds.
+"""The one place where ugs_d2 guards differences between detectron2 builds, and the one place
+that calls private APIs of detectron2, Hydra and submitit.
 
 Two detectron2s are supported:
 
@@ -8,16 +9,19 @@ Two detectron2s are supported:
   the normal case on a GPU cluster.
 
 Everything else in the package imports detectron2 freely; only behaviour that differs between
-the two goes through this module.
+the two goes through this module, and so does every call of a private (``_``-prefixed)
+attribute of detectron2, Hydra or submitit: ``tests/test_upstream_signatures.py`` asserts their
+signatures (and those of the detectron2 methods the package overrides), so an upstream change
+fails there, in one place. This module imports detectron2 (and torch) only when a function
+needs it, so the command line's ``--help`` path (:func:`hydra_args_parser`) stays fast.
 """
+import functools
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, Optional
-
-import detectron2
+from typing import Any, Dict, List, Optional
 
 __all__ = [
     "reset_checkpointer_load_state",
@@ -31,9 +35,16 @@ __all__ = [
     "use_device_aware_ddp",
     "prepare_voc_reader",
     "fcos_labels_images_without_boxes",
+    "forward_box",
+    "transpose_dense_predictions",
+    "dense_loss_normalizer",
+    "restore_dense_loss_normalizer",
+    "last_eval_results",
+    "builtin_metadata",
+    "hydra_args_parser",
+    "job_return_value",
+    "slurm_node_list",
 ]
-
-DETECTRON2_VERSION = detectron2.__version__
 
 
 def _has_compiled_ops() -> bool:
@@ -44,7 +55,20 @@ def _has_compiled_ops() -> bool:
     return not getattr(_C, "FALLBACK_BUILD", False)
 
 
-HAS_COMPILED_OPS = _has_compiled_ops()
+@functools.lru_cache(maxsize=None)
+def _lazy_constant(name: str) -> Any:
+    if name == "DETECTRON2_VERSION":
+        import detectron2
+
+        return detectron2.__version__
+    return _has_compiled_ops()
+
+
+def __getattr__(name: str) -> Any:
+    """``DETECTRON2_VERSION``, ``HAS_COMPILED_OPS``: computed (importing detectron2) on first use."""
+    if name in ("DETECTRON2_VERSION", "HAS_COMPILED_OPS"):
+        return _lazy_constant(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _distribution() -> str:
@@ -103,6 +127,7 @@ def detectron2_build() -> Dict[str, Any]:
         ``git+`` install's commit, a local directory's path, whose git HEAD is read when it
         still exists).
     """
+    import detectron2
     from detectron2 import _C  # noqa: F401  (the fallback has a placeholder: always importable)
 
     distribution = _distribution()
@@ -118,8 +143,8 @@ def detectron2_build() -> Dict[str, Any]:
     return {
         "kind": "registry fallback" if fallback else "source build",
         "distribution": distribution,
-        "version": DETECTRON2_VERSION,
-        "compiled_ops": HAS_COMPILED_OPS,
+        "version": detectron2.__version__,
+        "compiled_ops": _lazy_constant("HAS_COMPILED_OPS"),
         "source": source,
         "commit": commit,
         "path": detectron2.__path__[0],
@@ -143,7 +168,7 @@ def coco_evaluator_kwargs() -> dict:
 
     The C++ COCOeval fast path exists only with compiled ops; pycocotools is used otherwise.
     """
-    return {"use_fast_impl": HAS_COMPILED_OPS}
+    return {"use_fast_impl": _lazy_constant("HAS_COMPILED_OPS")}
 
 
 def create_local_process_group(num_processes_per_machine: int) -> None:
@@ -247,3 +272,83 @@ def reset_checkpointer_load_state(checkpointer) -> None:
     if hasattr(checkpointer, "_parsed_url_during_load"):
         checkpointer._parsed_url_during_load = None
 
+
+# --- private detectron2 APIs ------------------------------------------------------------------
+
+
+def forward_box(roi_heads, features, proposals, targets=None):
+    """``roi_heads._forward_box(features, proposals[, targets])``: the box head alone, without
+    the proposal sampling of ``forward`` (UR's second pass reuses the first pass's samples).
+
+    ``StandardROIHeads._forward_box(features, proposals)``; ``CascadeROIHeads._forward_box(
+    features, proposals, targets=None)`` (the cascade re-matches its later stages to
+    ``targets``). Same on detectron2 0.6 and upstream main.
+    """
+    if targets is None:
+        return roi_heads._forward_box(features, proposals)
+    return roi_heads._forward_box(features, proposals, targets)
+
+
+def transpose_dense_predictions(model, predictions, dims_per_anchor: List[int]):
+    """``model._transpose_dense_predictions(predictions, dims_per_anchor)`` of a detectron2
+    ``DenseDetector``: per head output, L tensors (N, Hi*Wi*A, D) (with UGS bins, the box
+    branch's ``D`` is widened by ``ugs_d2.modeling.dense.DenseUGSMixin``'s override)."""
+    return model._transpose_dense_predictions(predictions, dims_per_anchor)
+
+
+def dense_loss_normalizer(model):
+    """The EMA loss normaliser of a ``DenseDetector`` (RetinaNet, FCOS), or None before its
+    first update.
+
+    detectron2 keeps it as the attribute ``loss_normalizer``, written by the private
+    ``DenseDetector._ema_update`` into ``self.__dict__`` (so that it stays a plain float, not a
+    module attribute); read from there for the same reason.
+    """
+    return model.__dict__.get("loss_normalizer")
+
+
+def restore_dense_loss_normalizer(model, value) -> None:
+    """Put back a value read by :func:`dense_loss_normalizer` (None: as before the first update)."""
+    if value is None:
+        model.__dict__.pop("loss_normalizer", None)
+    else:
+        model.__dict__["loss_normalizer"] = value
+
+
+def last_eval_results(trainer):
+    """The results of the last evaluation of a ``DefaultTrainer`` (None before one), which
+    detectron2's ``EvalHook`` keeps in the trainer's private ``_last_eval_results``."""
+    return getattr(trainer, "_last_eval_results", None)
+
+
+def builtin_metadata(dataset_name: str) -> Dict[str, Any]:
+    """detectron2's metadata of a builtin dataset (``coco``: its 80 class names and category
+    ids), from the private ``detectron2.data.datasets.builtin_meta._get_builtin_metadata``."""
+    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+
+    return _get_builtin_metadata(dataset_name)
+
+
+# --- private Hydra and submitit APIs ----------------------------------------------------------
+
+
+def hydra_args_parser():
+    """Hydra's own command-line parser (``hydra._internal.utils.get_args_parser``): the
+    ``--help``/``--cfg``/``--multirun`` flags exactly as the ``@hydra.main`` app reads them."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def job_return_value(job_return):
+    """What a Hydra job returned, or the exception it raised (a failed ``JobReturn``, whose
+    public ``return_value`` property re-raises it; the private ``_return_value`` holds it)."""
+    return job_return._return_value
+
+
+def slurm_node_list(nodes: str) -> List[str]:
+    """``node[3-4,7]`` -> ``["node3", "node4", "node7"]`` by submitit's own parser (private
+    ``submitit.slurm.slurm._parse_node_list``: no subprocess, unlike ``scontrol``)."""
+    from submitit.slurm.slurm import _parse_node_list
+
+    return _parse_node_list(nodes)

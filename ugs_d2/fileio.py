@@ -1,15 +1,20 @@
 """Atomic file writes: a reader (or a rerun after a kill) never sees a half-written file.
 
 Every file that downstream tools trust (checkpoints, ``results.json``, dataset json, result
-tables) is written through :func:`write_atomic`: the content goes to a temporary file in the
-same directory, which is then renamed over the target.
+tables) is written through :func:`atomic_open` / :func:`write_atomic`: the content goes to a
+temporary file in the same directory, which is then renamed over the target.
+
+Also :func:`run_dirname`, the one safe directory name a run's overrides get (used by the
+``ugs-train`` entry point for its run directories and by the W&B writer for run names).
 """
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
-__all__ = ["TMP_PREFIX", "write_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "atomic_open", "write_atomic", "write_text_atomic", "write_json_atomic"]
 
 # Temporary files start with this and never end in the target's name, so globs for
 # checkpoints (``*.pth``) or results never pick one up.
@@ -35,14 +40,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_atomic(
-    path: str, write: Callable[[IO], None], mode: str = "wb", durable: bool = False
-) -> None:
-    """Create or replace ``path`` atomically; ``write(file)`` fills the file.
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", durable: bool = False) -> Iterator[IO]:
+    """``with atomic_open(path) as f:`` -- a temporary file in ``path``'s directory that replaces
+    ``path`` when the block ends, and is removed (``path`` untouched) when the block raises.
 
     Args:
         path: the target; its directory is created if missing.
-        write: called once with the open temporary file.
         mode: ``"wb"`` or ``"w"``.
         durable: fsync the file and its directory before returning (checkpoints: survive a
             node crash, not only a killed process).
@@ -54,7 +58,7 @@ def write_atomic(
         # mkstemp creates 0600; give the file the permissions a plain open() would
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
-            write(f)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -67,6 +71,15 @@ def write_atomic(
         _fsync_dir(directory)
 
 
+def write_atomic(
+    path: str, write: Callable[[IO], None], mode: str = "wb", durable: bool = False
+) -> None:
+    """Create or replace ``path`` atomically; ``write(file)`` fills the file (see
+    :func:`atomic_open` for the arguments)."""
+    with atomic_open(path, mode, durable) as f:
+        write(f)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     write_atomic(path, lambda f: f.write(text), mode="w")
 
@@ -74,3 +87,19 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj: Any, **dumps_kwargs: Any) -> None:
     """``json.dumps(obj, **dumps_kwargs)`` plus a final newline, written atomically."""
     write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+MAX_DIRNAME = 120
+
+
+def run_dirname(override_dirname: str) -> str:
+    """Hydra's ``override_dirname`` as one safe path component.
+
+    Overrides may hold paths (``dataset.root=/data/x``) and many of them exceed a file
+    name's 255 bytes, so '/' is escaped and a long name keeps its start plus a hash of the rest.
+    """
+    name = override_dirname.replace("/", "%") or "default"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_DIRNAME - 13]}-{digest}"
+    return name

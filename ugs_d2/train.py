@@ -14,7 +14,6 @@ continues from the last checkpoint, or only prints the results when the run is d
 """
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -31,10 +30,10 @@ from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_l
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
+from ugs_d2.fileio import run_dirname
 
 logger = logging.getLogger("ugs_d2")
 
-MAX_DIRNAME = 120
 LOCK_FILE = "train.lock"
 
 
@@ -85,19 +84,6 @@ class RunDirLock:
                 return f.read().strip() or "?"
         except OSError:
             return "?"
-
-
-def run_dirname(override_dirname: str) -> str:
-    """Hydra's ``override_dirname`` as one safe path component.
-
-    Overrides may hold paths (``dataset.root=/data/x``) and many of them exceed a file
-    name's 255 bytes, so '/' is escaped and a long name keeps its start plus a hash of the rest.
-    """
-    name = override_dirname.replace("/", "%") or "default"
-    if len(name) > MAX_DIRNAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = f"{name[:MAX_DIRNAME - 13]}-{digest}"
-    return name
 
 
 OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)

@@ -68,6 +68,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ugs_d2.boxes import box_iou, clip_boxes
 from ugs_d2.cli.bench import BenchError, _machine, run_and_report
 from ugs_d2.fileio import write_json_atomic, write_text_atomic
 
@@ -159,9 +160,7 @@ def make_scene(
                 boxes.append([x + col * cell, y + row * cell, x + w + col * cell, y + h + row * cell])
                 classes.append(int(ann["category_id"]) - 1)
     boxes_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    clipped = boxes_arr.copy()
-    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
-    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
+    clipped = clip_boxes(boxes_arr, width, height)
     area = (boxes_arr[:, 2] - boxes_arr[:, 0]) * (boxes_arr[:, 3] - boxes_arr[:, 1])
     kept_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = kept_area >= min_visible * area
@@ -170,23 +169,6 @@ def make_scene(
         clipped[keep].astype(np.float32),
         np.asarray(classes, dtype=np.int64)[keep],
     )
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of XYXY boxes: ``a`` (N, 4), ``b`` (M, 4) -> (N, M) float64.
-
-    IoU = area(a & b) / area(a | b); a pair whose union is empty (two degenerate boxes) has
-    IoU 0.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = width.clip(min=0) * height.clip(min=0)
-    area_a = (a[:, 2] - a[:, 0]).clip(min=0) * (a[:, 3] - a[:, 1]).clip(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def matched_mask(

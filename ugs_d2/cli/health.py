@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ugs_d2.boxes import box_iou
 from ugs_d2.cli.classes import CocoError
 from ugs_d2.data.coco_json import DatasetError, read_coco_json
 from ugs_d2.fileio import write_atomic, write_text_atomic
@@ -95,18 +96,9 @@ def _key(value: Any) -> Any:
 
 def _duplicates(boxes: np.ndarray, threshold: float) -> List[int]:
     """Indices of boxes (x, y, w, h rows) with IoU >= threshold with an earlier box."""
-    x1, y1 = boxes[:, 0], boxes[:, 1]
-    x2, y2 = x1 + boxes[:, 2], y1 + boxes[:, 3]
-    areas = boxes[:, 2] * boxes[:, 3]
-    found = []
-    for i in range(1, len(boxes)):
-        iw = np.clip(np.minimum(x2[i], x2[:i]) - np.maximum(x1[i], x1[:i]), 0, None)
-        ih = np.clip(np.minimum(y2[i], y2[:i]) - np.maximum(y1[i], y1[:i]), 0, None)
-        inter = iw * ih
-        iou = inter / (areas[i] + areas[:i] - inter)
-        if (iou >= threshold).any():
-            found.append(i)
-    return found
+    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    iou = box_iou(xyxy, xyxy)
+    return [i for i in range(1, len(boxes)) if (iou[i, :i] >= threshold).any()]
 
 
 def health_report(coco: Mapping[str, Any], duplicate_iou: float = DUPLICATE_IOU) -> Dict[str, Any]:

@@ -11,11 +11,12 @@ import os
 from typing import Iterable, List, Optional
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
+
+from ugs_d2.compat import hydra_args_parser
 
 __all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line"]
 
@@ -106,7 +107,7 @@ def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
     """
     from ugs_d2.config import to_detectron2_cfg  # imports detectron2: keep --help fast
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = hydra_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return None
     if args.config_name or args.config_path or args.config_dir:

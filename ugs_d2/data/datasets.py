@@ -47,6 +47,7 @@ from ugs_d2.data.coco_json import (
     is_gigantic,
     read_coco_json,
 )
+from ugs_d2.data.tiling import cached_tiled_split, validate_tiling
 
 __all__ = [
     "DatasetError",
@@ -57,6 +58,7 @@ __all__ = [
     "read_image",
     "register_coco_detection",
     "register_dataset",
+    "register_tiled_train_splits",
     "resolve_root",
     "split_names",
 ]
@@ -258,9 +260,9 @@ def _register_coco_with_detectron2(name: str, json_file: str, image_root: str, b
     from detectron2.data.datasets import register_coco_instances
 
     if builtin:
-        from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+        from ugs_d2.compat import builtin_metadata
 
-        metadata = _get_builtin_metadata(builtin)
+        metadata = builtin_metadata(builtin)
     else:
         categories = sorted(read_coco_json(json_file)["categories"], key=lambda c: c["id"])
         metadata = {
@@ -494,6 +496,41 @@ def _verify_images(name: str, source: str, workers: int = 4) -> None:
                 )
 
 
+def register_tiled_train_splits(train_names, registered: Dict[str, str], dataset_root: str, tiling) -> None:
+    """``tiling.train.enabled``: re-register each training split as its cached tiled version.
+
+    Args:
+        train_names: the registered names of the training splits.
+        registered: ``{name: json path}`` from ``register_dataset``; updated in place with the
+            tiled json paths.
+        dataset_root: ``dataset.root``; the cache goes to ``<root>/tiles`` unless
+            ``tiling.train.cache_dir`` is set.
+        tiling: the Hydra ``tiling`` block (None or ``train.enabled: false``: nothing to do).
+
+    Raises:
+        DatasetError: a bad tiling value or a non-COCO training split (one line).
+    """
+    if tiling is None or not tiling.get("train") or not tiling.train.get("enabled", False):
+        return
+    train = tiling.train
+    try:
+        validate_tiling(tiling.tile, tiling.overlap, train.min_area_ratio, where="tiling.")
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    cache_dir = train.get("cache_dir") or os.path.join(dataset_root, "tiles")
+    for name in train_names:
+        json_file = registered.get(name, "")
+        image_root = MetadataCatalog.get(name).get("image_root")
+        if not str(json_file).endswith(".json") or image_root is None:
+            raise DatasetError(f"tiling.train.enabled: training split {name} is not a COCO json dataset")
+        tiled_json, tiled_root = cached_tiled_split(
+            json_file, image_root, os.path.abspath(os.path.expanduser(str(cache_dir))), name,
+            int(tiling.tile), float(tiling.overlap), float(train.min_area_ratio), bool(train.drop_empty),
+        )
+        register_coco_detection(name, tiled_json, tiled_root)
+        registered[name] = tiled_json
+
+
 def register_dataset(dataset_cfg, tiling=None) -> Dict[str, str]:
     """Register the splits of a Hydra ``dataset`` config (see the module docstring).
 
@@ -526,8 +563,6 @@ def register_dataset(dataset_cfg, tiling=None) -> Dict[str, str]:
             dataset_cfg, fmt, name, spec, root, json_root, preload=name in test_names or (name in train_names and tiling_off)
         )
     if tiling is not None:  # tiling.train.enabled: train on the cached tiles (ugs_d2/data/tiling.py)
-        from ugs_d2.data.tiling import register_tiled_train_splits
-
         register_tiled_train_splits(train_names, registered, root, tiling)
     _check_same_categories(used, registered)
     if dataset_cfg.get("verify_images", False):

@@ -47,7 +47,6 @@ __all__ = [
     "tile_coco_dataset",
     "cached_tiled_split",
     "format_counts",
-    "register_tiled_train_splits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -427,42 +426,3 @@ def format_counts(counts: Dict[str, int]) -> str:
         f" {counts['lost_boxes']} in no tile, {counts['degenerate_boxes']} degenerate;"
         f" {counts['ignore_regions']} crowd/ignore regions"
     )
-
-
-def register_tiled_train_splits(train_names, registered: Dict[str, str], dataset_root: str, tiling) -> None:
-    """``tiling.train.enabled``: re-register each training split as its cached tiled version.
-
-    Args:
-        train_names: the registered names of the training splits.
-        registered: ``{name: json path}`` from ``register_dataset``; updated in place with the
-            tiled json paths.
-        dataset_root: ``dataset.root``; the cache goes to ``<root>/tiles`` unless
-            ``tiling.train.cache_dir`` is set.
-        tiling: the Hydra ``tiling`` block (None or ``train.enabled: false``: nothing to do).
-
-    Raises:
-        DatasetError: a bad tiling value or a non-COCO training split (one line).
-    """
-    if tiling is None or not tiling.get("train") or not tiling.train.get("enabled", False):
-        return
-    from detectron2.data import MetadataCatalog
-
-    from ugs_d2.data.datasets import register_coco_detection
-
-    train = tiling.train
-    try:
-        validate_tiling(tiling.tile, tiling.overlap, train.min_area_ratio, where="tiling.")
-    except ValueError as e:
-        raise DatasetError(str(e)) from None
-    cache_dir = train.get("cache_dir") or os.path.join(dataset_root, "tiles")
-    for name in train_names:
-        json_file = registered.get(name, "")
-        image_root = MetadataCatalog.get(name).get("image_root")
-        if not str(json_file).endswith(".json") or image_root is None:
-            raise DatasetError(f"tiling.train.enabled: training split {name} is not a COCO json dataset")
-        tiled_json, tiled_root = cached_tiled_split(
-            json_file, image_root, os.path.abspath(os.path.expanduser(str(cache_dir))), name,
-            int(tiling.tile), float(tiling.overlap), float(train.min_area_ratio), bool(train.drop_empty),
-        )
-        register_coco_detection(name, tiled_json, tiled_root)
-        registered[name] = tiled_json

@@ -23,16 +23,17 @@ Loading is checked too (every message one line naming the file):
   For a model that must be complete (``eval_only``, ``ugs-predict``) nothing may be missing or
   of another shape.
 """
+import contextlib
 import logging
 import os
 import re
 from typing import Any, List, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ugs_d2.compat import reset_checkpointer_load_state
-from ugs_d2.fileio import TMP_PREFIX, write_atomic
+from ugs_d2.fileio import TMP_PREFIX, atomic_open
+from ugs_d2.interrupts import reraise_if_interrupted
 from ugs_d2.modeling.stage import check_grids
 
 __all__ = [
@@ -148,51 +149,86 @@ class _RecordingWriter:
         return self._file.flush()
 
 
+class _AtomicLocalWrites:
+    """A view of a checkpointer's ``path_manager`` whose writes to local files are atomic.
+
+    fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` write through
+    ``self.path_manager.open(path, "wb" | "w")``: that one call is the hook. Local writes go
+    through :func:`ugs_d2.fileio.atomic_open` (durable); everything else (reads, ``ls``,
+    ``s3://`` / ``manifold://`` save directories) is the wrapped path manager's.
+    """
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+        self.failed_write = None  # (path, the exception its write raised) of the last failure
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if _is_local(path) and mode in ("w", "wb") and not kwargs:
+            return self._atomic(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+    @contextlib.contextmanager
+    def _atomic(self, path: str, mode: str):
+        writer = _RecordingWriter()
+        try:
+            with atomic_open(path, mode, durable=True) as f:
+                yield writer.wrap(f)
+        except BaseException as e:
+            self.failed_write = (path, writer.error if writer.error is not None else e)
+            raise
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose ``save`` and ``tag_last_checkpoint`` are atomic.
 
-    Non-local save directories (``s3://``, ``manifold://``; written through the path manager)
-    keep fvcore's behaviour. ``resume_or_load`` logs where a resumed run continues from.
-    Loading refuses a checkpoint whose UGS grids differ from the model's
-    (:func:`ugs_d2.modeling.stage.check_grids`) before any weight is copied.
+    Both are fvcore's, writing through :class:`_AtomicLocalWrites`; non-local save directories
+    (``s3://``, ``manifold://``) keep fvcore's behaviour. A checkpoint that cannot be written
+    (a full disk) is a one-line :class:`CheckpointError`. ``resume_or_load`` logs where a
+    resumed run continues from. Loading refuses a checkpoint whose UGS grids differ from the
+    model's (:func:`ugs_d2.modeling.stage.check_grids`) before any weight is copied.
     """
 
+    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.path_manager = _AtomicLocalWrites(self.path_manager)
+
+    @classmethod
+    def replacing(cls, checkpointer: DetectionCheckpointer) -> "AtomicCheckpointer":
+        """An AtomicCheckpointer of the same model, directory and checkpointables (for
+        ``DefaultTrainer``'s, which detectron2 builds in its ``__init__``)."""
+        return cls(
+            checkpointer.model, checkpointer.save_dir, save_to_disk=checkpointer.save_to_disk,
+            **checkpointer.checkpointables,
+        )
+
     def save(self, name: str, **kwargs: Any) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        if not _is_local(self.save_dir):
-            return super().save(name, **kwargs)
-
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        assert os.path.basename(save_file) == basename, basename
-        self.logger.info(f"Saving checkpoint to {save_file}")
-        os.makedirs(self.save_dir, exist_ok=True)
-        writer = _RecordingWriter()
+        self.path_manager.failed_write = None
         try:
-            write_atomic(save_file, lambda f: torch.save(data, writer.wrap(f)), durable=True)
+            return super().save(name, **kwargs)
         except (OSError, RuntimeError) as e:  # a full disk: ENOSPC, or torch's "file write failed"
-            from ugs_d2.interrupts import reraise_if_interrupted
+            save_file = os.path.join(self.save_dir, f"{name}.pth")
+            failed = self.path_manager.failed_write
+            if failed is None or failed[0] != save_file:
+                raise  # not the checkpoint's own write
+            self._raise_not_written(save_file, failed[1], e)
 
-            # torch.save reports what its write callback raised as a RuntimeError ("unexpected
-            # pos ..."): the writer kept the original (a Ctrl-C / SIGTERM, or the OSError)
-            if isinstance(writer.error, KeyboardInterrupt):
-                raise writer.error from None
-            reraise_if_interrupted()
-            error = writer.error if isinstance(writer.error, OSError) else e
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[0]
-            previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
-            kept = f"{previous} is intact" if previous else "no earlier checkpoint"
-            raise CheckpointError(
-                f"{save_file}: checkpoint not written ({reason}); {kept}: free space and rerun "
-                "the same command to continue"
-            ) from None
-        self.tag_last_checkpoint(basename)
+    def _raise_not_written(self, save_file: str, error: BaseException, raised: BaseException) -> None:
+        # torch.save reports what its write callback raised as a RuntimeError ("unexpected
+        # pos ..."): the writer kept the original (a Ctrl-C / SIGTERM, or the OSError)
+        if isinstance(error, KeyboardInterrupt):
+            raise error from None
+        reraise_if_interrupted()
+        error = error if isinstance(error, OSError) else raised
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[0]
+        previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint"
+        raise CheckpointError(
+            f"{save_file}: checkpoint not written ({reason}); {kept}: free space and rerun "
+            "the same command to continue"
+        ) from None
 
     def _load_file(self, filename: str):
         """detectron2's reader; anything unreadable is a one-line ``CheckpointError``."""
@@ -243,12 +279,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         names = [n for n in os.listdir(self.save_dir) if _CHECKPOINT_NAME.match(n)]
         paths = [os.path.join(self.save_dir, n) for n in sorted(names, key=order, reverse=True)]
         return [p for p in paths if os.path.abspath(p) != os.path.abspath(broken)]
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not _is_local(self.save_dir):
-            return super().tag_last_checkpoint(last_filename_basename)
-        save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
-        write_atomic(save_file, lambda f: f.write(last_filename_basename), mode="w", durable=True)
 
     def _resume_intact(self, path: str):
         """Load the tagged checkpoint, or the newest intact one beside it (a warning names the

@@ -115,9 +115,9 @@ def _slurm_first_host(env: Mapping[str, str]) -> str:
     if not nodes:
         return socket.gethostname()
     try:
-        from submitit.slurm.slurm import _parse_node_list  # no subprocess; private, so guarded
+        from ugs_d2.compat import slurm_node_list
 
-        return _parse_node_list(nodes)[0]
+        return slurm_node_list(nodes)[0]
     except Exception:
         out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
         return out.stdout.split()[0]

@@ -144,16 +144,6 @@ class UGSTrainer(DefaultTrainer):
         """
         self.run_cfg = run_cfg  # read by build_writers, which DefaultTrainer.__init__ calls
         super().__init__(cfg)
-        # Atomic checkpoints: replace DefaultTrainer's checkpointer, also in the hooks that hold it
-        # (PeriodicCheckpointer), so that a kill never leaves a truncated checkpoint behind.
-        old = self.checkpointer
-        self.checkpointer = AtomicCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
-        )
-        for hook in self._hooks:
-            for attr, value in list(vars(hook).items()):
-                if value is old:
-                    setattr(hook, attr, self.checkpointer)
 
     @classmethod
     def build_model(cls, cfg):
@@ -235,6 +225,11 @@ class UGSTrainer(DefaultTrainer):
         )
 
     def build_hooks(self):
+        # Atomic checkpoints (a kill never leaves a truncated one behind): DefaultTrainer.__init__
+        # builds its checkpointer just before it calls build_hooks, whose PeriodicCheckpointer
+        # keeps it, so it is replaced here, before any hook holds it.
+        if not isinstance(self.checkpointer, AtomicCheckpointer):
+            self.checkpointer = AtomicCheckpointer.replacing(self.checkpointer)
         hooks = super().build_hooks()
         gradvar = self.cfg.get("GRADVAR")  # absent from configs not made by to_detectron2_cfg
         if gradvar is not None and gradvar.ENABLED:  # gradient-variance probe, paper Sec. 4.6
@@ -274,4 +269,4 @@ class UGSTrainer(DefaultTrainer):
     @property
     def last_eval_results(self):
         """The results of the evaluation at the end of training (set by detectron2's EvalHook)."""
-        return getattr(self, "_last_eval_results", None)
+        return compat.last_eval_results(self)

@@ -31,6 +31,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from ugs_d2.fileio import run_dirname, write_text_atomic
+
 __all__ = [
     "RUN_ID_FILE",
     "WandbWriter",
@@ -61,8 +63,6 @@ def hydra_run_names(cfg: Any, run_dir: str) -> Dict[str, str]:
     Outside a Hydra app (``run(cfg, dir)`` called directly) the run directory's name is used.
     """
     from hydra.core.hydra_config import HydraConfig
-
-    from ugs_d2.train import run_dirname
 
     group = _select(cfg, "wandb.group") or _select(cfg, "name") or "default"
     if not HydraConfig.initialized():
@@ -104,8 +104,6 @@ def wandb_run_id(run_dir: str, continuing: bool) -> str:
     """The W&B run id of ``run_dir``: the stored one when the training continues from a
     checkpoint of this run directory, otherwise a new one (a hash of the absolute run
     directory plus a random part), which is stored for the next resume."""
-    from ugs_d2.fileio import write_text_atomic
-
     path = os.path.join(run_dir, RUN_ID_FILE)
     if continuing and os.path.isfile(path):
         with open(path) as f:

@@ -60,7 +60,9 @@ class CollectResults(Callback):
         try:
             from ugs_d2.cli.results import FAILED_MARKER
 
-            error = job_return._return_value
+            from ugs_d2.compat import job_return_value
+
+            error = job_return_value(job_return)
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             path = os.path.join(str(config.hydra.runtime.output_dir), FAILED_MARKER)
             with open(path, "w") as f:

@@ -9,7 +9,7 @@ coordinates and merges the duplicates that overlapping windows produce.
 
 Pieces:
 
-* :func:`pairwise_overlap` / :func:`merge_detections` -- pure, class-aware NMS or greedy
+* :func:`merge_detections` (on :mod:`ugs_d2.boxes`) -- pure, class-aware NMS or greedy
   non-maximum merging (NMM) under IoU or IOS (intersection over the smaller area).
 * :class:`TiledPredictor` -- ``predictor(image_bgr) -> Instances``; ``predictor.last_timing``
   holds ``total_s`` and ``model_s`` (time inside the model's forward) of the last call.
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ugs_d2.boxes import MATCH_METRICS, overlap_with
 from ugs_d2.data.tiling import tile_windows, validate_tiling
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MERGE_METHODS",
     "MATCH_METRICS",
-    "pairwise_overlap",
     "merge_detections",
     "DEFAULT_BATCH_SIZE",
     "fuse_conv_bn_",
@@ -56,7 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MERGE_METHODS = ("nms", "nmm")
-MATCH_METRICS = ("iou", "ios")
 DEFAULT_TEST_SIZE = (800, 1333)  # detectron2's INPUT.MIN/MAX_SIZE_TEST defaults
 #: TiledPredictor's batch_size=None: windows per forward by device type. On CPU batching gains
 #: nothing and costs memory (results/sahi_benchmark.md: 0.76x at 8, 1.03x at 1 vs SAHI).
@@ -64,33 +63,15 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def pairwise_overlap(a: np.ndarray, b: np.ndarray, metric: str = "iou") -> np.ndarray:
-    """Overlap of every box in ``a`` with every box in ``b``.
-
-    Args:
-        a: (N, 4) boxes ``x0, y0, x1, y1``; b: (M, 4).
-        metric: ``iou`` = intersection / union; ``ios`` = intersection / the smaller of the
-            two areas (1 when one box lies inside the other: the case of an object cut by a
-            tile edge, whose partial box has a low IoU with the whole one).
-
-    Returns:
-        (N, M) float64 array in [0, 1]; 0 where a denominator is 0.
-    """
+def _check_merge(method: str, metric: str, threshold: float, names: Tuple[str, str, str]) -> None:
+    """ValueError (one line, starting with the argument's name in ``names``) unless ``method``
+    is one of MERGE_METHODS, ``metric`` one of MATCH_METRICS and ``threshold`` in [0, 1]."""
+    if method not in MERGE_METHODS:
+        raise ValueError(f"{names[0]}: expected one of {', '.join(MERGE_METHODS)}, got {method!r}")
     if metric not in MATCH_METRICS:
-        raise ValueError(f"match metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    if metric == "iou":
-        denominator = area_a[:, None] + area_b[None, :] - inter
-    else:
-        denominator = np.minimum(area_a[:, None], area_b[None, :])
-    return np.divide(inter, denominator, out=np.zeros_like(inter), where=denominator > 0)
+        raise ValueError(f"{names[1]}: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"{names[2]}: expected a number in [0, 1], got {threshold!r}")
 
 
 def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarray:
@@ -115,7 +96,6 @@ def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarra
     owner = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return owner
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     by_left = np.argsort(boxes[:, 0], kind="stable")
     lefts = boxes[by_left, 0]
     max_width = float(np.max(boxes[:, 2] - boxes[:, 0]))
@@ -130,15 +110,7 @@ def _greedy_owner(boxes: np.ndarray, metric: str, threshold: float) -> np.ndarra
         candidates = candidates[(candidates > i) & (owner[candidates] < 0)]
         if candidates.size == 0:
             continue
-        other = boxes[candidates]
-        w = np.minimum(other[:, 2], boxes[i, 2]) - np.maximum(other[:, 0], boxes[i, 0])
-        h = np.minimum(other[:, 3], boxes[i, 3]) - np.maximum(other[:, 1], boxes[i, 1])
-        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-        if metric == "iou":
-            denominator = area[i] + area[candidates] - inter
-        else:
-            denominator = np.minimum(area[i], area[candidates])
-        overlap = np.divide(inter, denominator, out=np.zeros_like(inter), where=denominator > 0)
+        overlap = overlap_with(boxes[i], boxes[candidates], metric)
         owner[candidates[overlap > threshold]] = i
     return owner
 
@@ -167,19 +139,14 @@ def merge_detections(
     Args:
         boxes: (N, 4) float ``x0, y0, x1, y1``; scores: (N,); classes: (N,) int (tensors or
             arrays).
-        method: ``nms`` | ``nmm``; metric: ``iou`` | ``ios`` (see :func:`pairwise_overlap`);
+        method: ``nms`` | ``nmm``; metric: ``iou`` | ``ios`` (see :func:`ugs_d2.boxes.pairwise_overlap`);
         threshold: in [0, 1].
 
     Returns:
         ``(boxes, scores, classes)`` tensors of the kept detections, by descending score, on
         the input's device.
     """
-    if method not in MERGE_METHODS:
-        raise ValueError(f"merge method: expected one of {', '.join(MERGE_METHODS)}, got {method!r}")
-    if metric not in MATCH_METRICS:
-        raise ValueError(f"match metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"match threshold: expected a number in [0, 1], got {threshold!r}")
+    _check_merge(method, metric, threshold, names=("merge method", "match metric", "match threshold"))
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device).reshape(-1)
     classes = torch.as_tensor(classes, device=boxes.device).reshape(-1)
@@ -480,12 +447,7 @@ class TiledPredictor:
             raise ValueError(f"autocast: expected one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast!r}")
         if autocast is not None and device_type != "cuda":
             raise ValueError(f"autocast: {autocast} is for a CUDA model; this one is on {device_type}")
-        if merge not in MERGE_METHODS:
-            raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, got {merge!r}")
-        if metric not in MATCH_METRICS:
-            raise ValueError(f"metric: expected one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+        _check_merge(merge, metric, threshold, names=("merge", "metric", "threshold"))
         self.optimize = device_type == "cpu" if optimize is None else bool(optimize)
         self.model = optimize_for_inference(model) if self.optimize else model
         self.autocast = autocast

@@ -21,6 +21,7 @@ __all__ = [
     "stage_mode",
     "stage_grid",
     "build_localization",
+    "StageFromConfig",
     "params_per_coordinate",
     "REG_LOSSES",
     "UR_LEVEL_NAMES",
@@ -113,6 +114,36 @@ def build_localization(cfg: CN, stage: str, *, dense: bool = False, grid: Tensor
     return BinLocalization(
         mode, grid if mode == "bins" else None, um_weight=cfg.MODEL.UGS.UM_WEIGHT, **balance, **keys
     )
+
+
+class StageFromConfig:
+    """Mixin, before a detectron2 module, for the module of one UGS stage (UGSRPN: ``RPN``,
+    UGSFastRCNNOutputLayers: ``ROI``): its ``from_config`` checks MODEL.UGS and adds the
+    stage's ``localization`` to detectron2's arguments; ``mode`` / ``params_per_coord`` read it.
+
+    Subclasses set ``UGS_STAGE``, and ``UM_KEY`` / ``ENTROPY_KEY`` (their loss-dict keys).
+    """
+
+    UGS_STAGE = ""
+    UM_KEY = ""
+    ENTROPY_KEY = ""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        validate_ugs_config(cfg)
+        ret = super().from_config(cfg, input_shape)
+        ret["localization"] = build_localization(
+            cfg, cls.UGS_STAGE, um_key=cls.UM_KEY, entropy_key=cls.ENTROPY_KEY
+        )
+        return ret
+
+    @property
+    def mode(self) -> str:
+        return self.localization.mode
+
+    @property
+    def params_per_coord(self) -> int:
+        return self.localization.params_per_coord
 
 
 def validate_ugs_config(cfg: CN) -> None:

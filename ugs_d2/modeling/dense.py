@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from detectron2.layers import cat
 from detectron2.structures import Boxes
 
+from ugs_d2.compat import dense_loss_normalizer, restore_dense_loss_normalizer
+
 from .refinement import (
     RefinementSettings,
     perturb,
@@ -123,9 +125,19 @@ class DenseUGSMixin:
         return [x.view(x.shape[0], x.shape[1], 4, self.params_per_coord) for x in per_level]
 
     def point_deltas(self, per_level: List[Tensor]) -> List[Tensor]:
-        """L tensors (N, R_i, 4*P) -> detached point deltas (N, R_i, 4), for detectron2's losses
-        (whose box term is replaced) and statistics."""
+        """L tensors (N, R_i, 4*P) -> detached point deltas (N, R_i, 4): the bin expectations."""
         return [self.localization.point(p).detach() for p in self.box_params(per_level)]
+
+    @staticmethod
+    def placeholder_deltas(per_level: List[Tensor]) -> List[Tensor]:
+        """L tensors (N, R_i, 4*P) -> L zero tensors (N, R_i, 4) (expanded views: no memory).
+
+        What detectron2's ``losses`` gets for its box term, which :meth:`bin_losses` replaces:
+        the parent still computes the classification (and centerness) losses, the EMA
+        normaliser and the statistics, none of which reads the box predictions, but the bins
+        are not decoded for a term that is thrown away.
+        """
+        return [x.new_zeros(()).expand(x.shape[0], x.shape[1], 4) for x in per_level]
 
     def bin_losses(
         self,
@@ -174,26 +186,16 @@ class DenseUGSMixin:
         The UR pass runs the head on the perturbed levels and the same closure (same anchors
         and labels), with the first pass's EMA loss normaliser, in a private EventStorage.
         """
-        before = self._keep_normalizer()
+        # the UR pass sees the first pass's EMA normaliser instead of updating the EMA twice a step
+        before = dense_loss_normalizer(self)
         losses = detection_losses(predictions)
         if self.refinement.enabled:
-            after = self._keep_normalizer()
-            self._restore_normalizer(before)  # the UR pass sees the first pass's normaliser
+            after = dense_loss_normalizer(self)
+            restore_dense_loss_normalizer(self, before)
             levels = dict(zip(self.head_in_features, features))
             perturbed, eps = perturb(levels, pop_uncertainty(losses), self.refinement)
             with private_event_storage():
                 refined = detection_losses(self.head([perturbed[k] for k in self.head_in_features]))
             losses["loss_ur"] = refinement_loss(refined, losses, eps, levels, self.refinement)
-            self._restore_normalizer(after)
+            restore_dense_loss_normalizer(self, after)
         return scale_detection_losses(losses, self.det_loss_scale)
-
-    def _keep_normalizer(self):
-        """Snapshot of the EMA loss normaliser (``loss_normalizer``), so that UR's second loss
-        pass uses the same value as the first instead of updating the EMA twice per step."""
-        return self.__dict__.get("loss_normalizer")
-
-    def _restore_normalizer(self, value) -> None:
-        if value is None:
-            self.__dict__.pop("loss_normalizer", None)
-        else:
-            self.loss_normalizer = value

@@ -26,6 +26,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
 
+from ugs_d2.compat import forward_box
+
 from .config import validate_ugs_config
 from .refinement import (
     RefinementSettings,
@@ -138,4 +140,4 @@ class UGSRCNN(GeneralizedRCNN):
         ``pooled`` features (lean) only ``eps`` is pooled, else ``perturbed``."""
         if hasattr(self.roi_heads, "refinement_losses"):
             return self.roi_heads.refinement_losses(features, eps, sampled, pooled)
-        return self.roi_heads._forward_box(perturbed, sampled)
+        return forward_box(self.roi_heads, perturbed, sampled)

@@ -23,7 +23,9 @@ from detectron2.modeling.roi_heads import (
 )
 from detectron2.structures import Instances
 
-from .config import build_localization, validate_ugs_config
+from ugs_d2.compat import forward_box
+
+from .config import StageFromConfig
 from .stage import ENTROPY_PREFIX, BinLocalization
 
 __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
@@ -32,7 +34,7 @@ __all__ = ["UGSFastRCNNOutputLayers", "UGSROIHeads"]
 ENTROPY_KEY = ENTROPY_PREFIX + "_roi"
 
 
-class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
+class UGSFastRCNNOutputLayers(StageFromConfig, FastRCNNOutputLayers):
     """FastRCNNOutputLayers with a UGS box branch.
 
     ``forward`` is detectron2's and returns ``(scores (R, C+1), box_params (R, C*4*P))``.
@@ -45,6 +47,10 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
     * kl: ``loss_box_reg`` = KL loss of He et al., same normalisation; boxes decode the means
       (no variance voting).
     """
+
+    UGS_STAGE = "ROI"
+    UM_KEY = "loss_um_roi"
+    ENTROPY_KEY = ENTROPY_KEY
 
     @configurable
     def __init__(self, input_shape, *, localization: BinLocalization, **kwargs):
@@ -62,23 +68,6 @@ class UGSFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.bbox_pred = nn.Linear(old.in_features, old.out_features * P)
             nn.init.normal_(self.bbox_pred.weight, std=0.001)  # detectron2's init
             nn.init.constant_(self.bbox_pred.bias, 0)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        validate_ugs_config(cfg)
-        ret = super().from_config(cfg, input_shape)
-        ret["localization"] = build_localization(
-            cfg, "ROI", um_key="loss_um_roi", entropy_key=ENTROPY_KEY
-        )
-        return ret
-
-    @property
-    def mode(self) -> str:
-        return self.localization.mode
-
-    @property
-    def params_per_coord(self) -> int:
-        return self.localization.params_per_coord
 
     def _box_params(self, box_params: Tensor) -> Tensor:
         """(R, C*4*P) -> (R, C, 4, P)."""
@@ -185,11 +174,11 @@ class UGSROIHeads(StandardROIHeads):
         """
         if pooled is None:
             perturbed = {k: v + eps[k] if k in eps else v for k, v in features.items()}
-            return self._forward_box(perturbed, sampled_proposals)
+            return forward_box(self, perturbed, sampled_proposals)
         # eps of the levels without perturbation is 0: ROIAlign(0) = 0 adds nothing
         eps_levels = {k: eps[k] if k in eps else torch.zeros_like(features[k]) for k in self.box_in_features}
         handle = self.box_pooler.register_forward_hook(lambda m, i, out: pooled + out)
         try:
-            return self._forward_box(eps_levels, sampled_proposals)
+            return forward_box(self, eps_levels, sampled_proposals)
         finally:
             handle.remove()

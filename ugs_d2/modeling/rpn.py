@@ -22,7 +22,7 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes
 
-from .config import build_localization, params_per_coordinate, validate_ugs_config
+from .config import StageFromConfig, params_per_coordinate, validate_ugs_config
 from .stage import ENTROPY_PREFIX, BinLocalization
 
 __all__ = ["UGSRPNHead", "UGSRPN", "unflatten_box_params"]
@@ -68,7 +68,7 @@ class UGSRPNHead(StandardRPNHead):
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class UGSRPN(RPN):
+class UGSRPN(StageFromConfig, RPN):
     """detectron2's RPN with the localization loss and the proposal decoding of UGS.
 
     * bins: ``loss_rpn_loc`` = bin cross-entropy (Eq. 10) of the foreground anchors' encoded GT
@@ -83,6 +83,10 @@ class UGSRPN(RPN):
     anchor labels of the step's first pass: no second matching, sampling, top-k or NMS.
     """
 
+    UGS_STAGE = "RPN"
+    UM_KEY = "loss_um_rpn"
+    ENTROPY_KEY = ENTROPY_KEY
+
     @configurable
     def __init__(self, *, localization: BinLocalization, **kwargs):
         """
@@ -94,23 +98,6 @@ class UGSRPN(RPN):
         self.localization = localization
         self._first_pass_labels: Optional[Tuple[List[Tensor], List[Tensor]]] = None
         self._reuse_labels = False
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        validate_ugs_config(cfg)
-        ret = super().from_config(cfg, input_shape)
-        ret["localization"] = build_localization(
-            cfg, "RPN", um_key="loss_um_rpn", entropy_key=ENTROPY_KEY
-        )
-        return ret
-
-    @property
-    def mode(self) -> str:
-        return self.localization.mode
-
-    @property
-    def params_per_coord(self) -> int:
-        return self.localization.params_per_coord
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
         """(..., P, 4) head outputs -> (..., 4) deltas: bin expectation, or the KL mean."""

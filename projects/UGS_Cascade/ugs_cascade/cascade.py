@@ -27,6 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 
+from ugs_d2.compat import forward_box
 from ugs_d2.modeling import UGSRCNN
 from ugs_d2.modeling.config import build_localization, stage_grid, stage_mode
 from ugs_d2.modeling.roi_heads import ENTROPY_KEY as ROI_ENTROPY_KEY
@@ -162,4 +163,4 @@ class UGSCascadeRCNN(UGSRCNN):
         """Every stage's losses on ``perturbed``: stage 1 reuses the first pass's sampled
         proposals; stages 2.. match the boxes the previous stage predicts on ``perturbed``
         against ``gt_instances``, as in training (so ROIAlign's linearity does not apply)."""
-        return self.roi_heads._forward_box(perturbed, sampled, gt_instances)
+        return forward_box(self.roi_heads, perturbed, sampled, gt_instances)

@@ -24,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes
 
-from ugs_d2.compat import fcos_labels_images_without_boxes
+from ugs_d2.compat import fcos_labels_images_without_boxes, transpose_dense_predictions
 from ugs_d2.modeling.config import build_localization, stage_mode, validate_ugs_config
 from ugs_d2.modeling.dense import DenseUGSMixin, head_norm, widen_box_conv
 from ugs_d2.modeling.refinement import RefinementSettings, scale_detection_losses
@@ -161,8 +161,8 @@ class UGSFCOS(DenseUGSMixin, FCOS):
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
 
         def detection_losses(predictions_on_levels):
-            logits, params, ctr = self._transpose_dense_predictions(
-                predictions_on_levels, [self.num_classes, 4, 1]
+            logits, params, ctr = transpose_dense_predictions(
+                self, predictions_on_levels, [self.num_classes, 4, 1]
             )
             return self.losses(anchors, logits, gt_labels, params, gt_boxes, ctr)
 
@@ -181,9 +181,9 @@ class UGSFCOS(DenseUGSMixin, FCOS):
                 anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
             )
         # the parent computes classification, centerness, the normaliser and the statistics; its
-        # GIoU term, fed detached point estimates here, is replaced below
-        point = self.point_deltas(pred_anchor_deltas)
-        losses = super().losses(anchors, pred_logits, gt_labels, point, gt_boxes, pred_centerness)
+        # GIoU term, fed placeholders here, is replaced below
+        placeholder = self.placeholder_deltas(pred_anchor_deltas)
+        losses = super().losses(anchors, pred_logits, gt_labels, placeholder, gt_boxes, pred_centerness)
         labels = torch.stack(gt_labels)
         fg_mask = (labels >= 0) & (labels != self.num_classes)
         extra = self.bin_losses(anchors, pred_anchor_deltas, gt_boxes, fg_mask, self.loss_normalizer)

@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 
+from ugs_d2.compat import transpose_dense_predictions
 from ugs_d2.modeling.config import build_localization, validate_ugs_config
 from ugs_d2.modeling.dense import DenseUGSMixin, head_norm, widen_box_conv
 from ugs_d2.modeling.refinement import RefinementSettings, scale_detection_losses
@@ -111,9 +112,7 @@ class UGSRetinaNet(DenseUGSMixin, RetinaNet):
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
 
         def detection_losses(predictions_on_levels):
-            logits, params = self._transpose_dense_predictions(
-                predictions_on_levels, [self.num_classes, 4]
-            )
+            logits, params = transpose_dense_predictions(self, predictions_on_levels, [self.num_classes, 4])
             return self.losses(anchors, logits, gt_labels, params, gt_boxes)
 
         return self.ugs_training_losses(features, predictions, detection_losses)
@@ -129,9 +128,9 @@ class UGSRetinaNet(DenseUGSMixin, RetinaNet):
         if not self.uses_ugs:
             return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         # The parent computes the focal loss, the normaliser and the statistics; its box term,
-        # fed detached point estimates here, is replaced below.
-        point = self.point_deltas(pred_anchor_deltas)
-        losses = super().losses(anchors, pred_logits, gt_labels, point, gt_boxes)
+        # fed placeholders here, is replaced below.
+        placeholder = self.placeholder_deltas(pred_anchor_deltas)
+        losses = super().losses(anchors, pred_logits, gt_labels, placeholder, gt_boxes)
         labels = torch.stack(gt_labels)
         fg_mask = (labels >= 0) & (labels != self.num_classes)
         extra = self.bin_losses(anchors, pred_anchor_deltas, gt_boxes, fg_mask, self.loss_normalizer)
