@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
-    InterpolationResolutionError,
     MissingMandatoryValue,
     OmegaConfBaseException,
     ValidationError,
@@ -379,18 +378,18 @@ def _require_all(node: Any, prefix: str = "") -> None:
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
-    key = e.full_key or "config"
-    if isinstance(e, ValidationError) and "could not be converted to" in e.msg:
-        target = e.msg.rsplit(" ", 1)[-1]
+    key, msg = e.full_key or "config", (e.msg or str(e)).strip().splitlines()[0]
+    if isinstance(e, ValidationError) and "could not be converted to" in msg:
+        target = msg.rsplit(" ", 1)[-1]
         return f"{key}: expected {_EXPECTED.get(target, target)}, got {e.value!r}"
+    if isinstance(e, ValidationError) and "is not a valid bool" in msg:
+        return f"{key}: expected true or false, got {e.value!r}"
     if isinstance(e, MissingMandatoryValue):
         return f"{key}: missing from the configuration"
-    if isinstance(e, ConfigKeyError) and "not in" in e.msg:
+    if isinstance(e, ConfigKeyError) and "not in" in msg:
         group = key.rsplit(".", 1)[0] if "." in key else "configuration"
         return f"{key}: not a key of the {group} schema (ugs_d2/schema.py)"
-    if isinstance(e, InterpolationResolutionError):
-        return f"{key}: {e.msg.splitlines()[0]}"
-    return f"{key}: {e.msg.splitlines()[0]}"
+    return f"{key}: {msg}"
 
 
 # ---- ranges -------------------------------------------------------------------------------------
