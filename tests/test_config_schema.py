@@ -250,3 +250,22 @@ def test_schemas_are_in_hydras_config_store():
     stored = ConfigStore.instance().list("schema")
     assert {"ugs_train.yaml", "model.yaml", "schedule.yaml", "ugs.yaml"} <= set(stored)
     assert TrainSchema.__dataclass_fields__["d2"].type.__origin__ is dict
+
+
+def test_ugs_train_records_a_d2_override(tiny_dataset, tmp_path):
+    """End to end: the plain d2.KEY=VALUE form trains, lands in detectron2_config.yaml and names
+    the run directory."""
+    import yaml
+
+    from conftest import TINY_RUN, run_ugs_train
+
+    proc = run_ugs_train(
+        [*TINY_RUN, "wandb.enabled=false", f"dataset.root={tiny_dataset}", "d2.MODEL.ROI_HEADS.POSITIVE_FRACTION=0.5",
+         f"hydra.run.dir={tmp_path}/run"],
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "run" / "detectron2_config.yaml") as f:
+        assert yaml.safe_load(f)["MODEL"]["ROI_HEADS"]["POSITIVE_FRACTION"] == 0.5
+    overrides = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    assert "++d2.MODEL.ROI_HEADS.POSITIVE_FRACTION=0.5" in overrides
