@@ -172,6 +172,8 @@ def to_detectron2_cfg(
     _dataset(d2, cfg)
     _evaluation(d2)
     _gradvar(d2, project)
+    if typed.augment is not None:
+        _crop_size(d2)
     if typed.tiling is None:
         d2.TILING.TILE, d2.TILING.OVERLAP = 512, 0.2
         d2.TILING.TRAIN.ENABLED = d2.TILING.TEST.ENABLED = False
@@ -306,6 +308,15 @@ def _evaluation(d2: CfgNode) -> None:
         raise ConfigError(
             f"evaluation.buckets: unknown bucket set {unknown[0]!r}; expected some of {', '.join(BUCKET_SETS)}"
         )
+
+
+def _crop_size(d2: CfgNode) -> None:
+    """``augment.crop.size`` is read in the unit ``augment.crop.size_type`` names."""
+    crop = d2.AUGMENT.CROP
+    relative = crop.SIZE_TYPE == "relative"
+    if len(crop.SIZE) != 2 or not all((0 < v <= 1) if relative else v >= 1 for v in crop.SIZE):
+        expected = "fractions in (0, 1]" if relative else "pixels >= 1"
+        raise ConfigError(f"augment.crop.size: expected [height, width] as {expected}, got {list(crop.SIZE)}")
 
 
 def _gradvar(d2: CfgNode, project: Optional[Project]) -> None:
