@@ -145,8 +145,7 @@ def to_detectron2_cfg(
         ConfigError: one line naming the key when a value has the wrong type or range.
     """
     project = _project(cfg)
-    typed = typed_config(cfg, model_schema([(project.node, project.schema)] if project and project.node else
-                                           _untyped_model_keys(cfg) if project else ()))
+    typed = typed_config(cfg, _model_schema(project, cfg))
     check_ranges(typed, CHECKS + (project.checks if project else ()))
     rcnn = typed.model.meta_architecture in RCNN_ARCHITECTURES
     if not rcnn and project is None:
@@ -161,8 +160,8 @@ def to_detectron2_cfg(
     d2.GRADVAR, d2.UGS_EVAL = CfgNode(), CfgNode()
     d2.TILING = CfgNode({"TRAIN": CfgNode(), "TEST": CfgNode()})
     defaults = _flat(d2)
-    rows = list(BRIDGE) + list(RCNN_BRIDGE if rcnn else ())
-    rows += list(TILING_BRIDGE if typed.tiling is not None else ()) + list(AUGMENT_BRIDGE if typed.augment is not None else ())
+    rows = [*BRIDGE, *(RCNN_BRIDGE if rcnn else ()),
+            *(TILING_BRIDGE if typed.tiling is not None else ()), *(AUGMENT_BRIDGE if typed.augment is not None else ())]
     _apply_rows(d2, typed, rows)
     for key, value in FIXED + (RCNN_FIXED if rcnn else ()):
         _set(d2, key, value)
@@ -188,7 +187,7 @@ def to_detectron2_cfg(
     # recorded so that a tool rebuilding the model from detectron2_config.yaml can import the
     # project (load_project) before build_model; "" = the core package's classes
     d2.UGS_PROJECT = project.name if project else ""
-    project_rows = _apply_project(project, cfg, typed, d2, num_classes)
+    project_rows = _apply_project(project, typed, d2, num_classes)
     if project is None:
         apply_ugs_architecture(d2)
     _check_detection_budget(d2, num_classes)  # after every model key (projects set theirs above)
@@ -209,15 +208,19 @@ def _project(cfg: DictConfig) -> Optional[Project]:
         raise ConfigError(str(e)) from None
 
 
-def _untyped_model_keys(cfg: DictConfig) -> List[Tuple[str, Any]]:
-    """A project without a schema (the older ``from_hydra`` hook): its model keys stay untyped."""
+def _model_schema(project: Optional[Project], cfg: DictConfig) -> type:
+    """The model node's schema: the core one, plus the project's node (typed by its schema, or
+    ``Any`` for every extra key of a project with only the older ``from_hydra`` hook)."""
     from ugs_d2.schema import ModelSchema
 
-    core = set(ModelSchema.__dataclass_fields__)
-    return [(key, Any) for key in cfg.model.keys() if key not in core]
+    if project is None:
+        return ModelSchema
+    if project.node:
+        return model_schema([(project.node, project.schema or Any)])
+    return model_schema([(key, Any) for key in cfg.model.keys() if key not in ModelSchema.__dataclass_fields__])
 
 
-def _apply_project(project: Optional[Project], cfg: DictConfig, typed: DictConfig, d2: CfgNode,
+def _apply_project(project: Optional[Project], typed: DictConfig, d2: CfgNode,
                    num_classes: Optional[int]) -> List[tuple]:
     """The project's detectron2 keys, rows and hooks; returns its rows."""
     if project is None:
