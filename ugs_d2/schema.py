@@ -317,8 +317,10 @@ GROUP_SCHEMAS = {
 
 
 def register_schemas() -> None:
-    """Store the schemas in Hydra's ConfigStore: ``schema/ugs_train`` and ``schema/<group>``
-    (e.g. a config of your own can start with ``defaults: [/schema/schedule@_here_, _self_]``)."""
+    """Store the schemas in Hydra's ConfigStore: ``schema/ugs_train`` and ``schema/<group>``.
+
+    ``configs/`` does not list them in its defaults: the bridge applies them (``typed_config``),
+    so that a type error is one line from ``ugs-train`` rather than Hydra's composition error."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
