@@ -346,12 +346,11 @@ def test_project_yaml_builds_with_plain_detectron2(project, yaml, add, apply, me
 
     from detectron2.config import get_cfg
 
-    from ugs_d2.config import PROJECTS_DIR
-
     package = load_project(project)
     cfg = get_cfg()
     getattr(package, add)(cfg)
-    cfg.merge_from_file(os.path.join(PROJECTS_DIR, project, "configs", yaml))
+    projects_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects")
+    cfg.merge_from_file(os.path.join(projects_dir, project, "configs", yaml))
     cfg.MODEL.DEVICE = "cpu"
     getattr(package, apply)(cfg)
     assert cfg.MODEL.META_ARCHITECTURE == meta

@@ -26,11 +26,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
+from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, d2_overrides_as_hydra, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
 from ugs_d2.fileio import run_dirname
+from ugs_d2.schema import register_schemas
 
 logger = logging.getLogger("ugs_d2")
 
@@ -87,6 +88,7 @@ class RunDirLock:
 
 
 OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
+register_schemas()  # schema/<group> in Hydra's ConfigStore (ugs_d2/schema.py)
 
 
 def _setup_logging(output_dir: str) -> None:
@@ -287,7 +289,7 @@ def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: validate the command line (one-line errors), then hand it to Hydra."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = d2_overrides_as_hydra(sys.argv[1:] if argv is None else list(argv))  # d2.KEY=V: any detectron2 key
     from ugs_d2.interrupts import interruptible
 
     # Ctrl-C / SIGTERM: one line, exit 130 / 143; the checkpoints are atomic, so the same

@@ -18,13 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.compat import hydra_args_parser
 
-__all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line"]
+__all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line", "d2_overrides_as_hydra"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
 
 
 class CommandLineError(ValueError):
     """An override names an unknown key or group option, or an output directory is unusable."""
+
+
+def d2_overrides_as_hydra(argv: List[str]) -> List[str]:
+    """``d2.KEY=VALUE`` -> ``++d2.KEY=VALUE``: Hydra adds a key to the (empty) ``d2`` node only
+    with a ``+``/``++`` prefix; ``++`` also replaces one that a preset set. Other arguments as they are."""
+    return ["++" + a if a.startswith("d2.") and "=" in a else a for a in argv]
 
 
 def _leaf_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
@@ -107,6 +113,7 @@ def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
     """
     from ugs_d2.config import to_detectron2_cfg  # imports detectron2: keep --help fast
 
+    argv = d2_overrides_as_hydra(argv)
     args, _ = hydra_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return None

@@ -18,12 +18,13 @@ from .cascade import (
     max_encoded_delta,
     stage_range_scales,
 )
-from .config import add_ugs_cascade_config, apply_cascade_architecture, from_hydra
+from .config import PROJECT, CascadeSchema, add_ugs_cascade_config, apply_cascade_architecture
 
 __all__ = [
     "add_ugs_cascade_config",
     "apply_cascade_architecture",
-    "from_hydra",
+    "PROJECT",
+    "CascadeSchema",
     "UGSCascadeROIHeads",
     "UGSCascadeRCNN",
     "max_encoded_delta",

@@ -3,17 +3,20 @@
 The RPN reads ``MODEL.UGS.RPN`` exactly as in Faster R-CNN; every cascade stage reads
 ``MODEL.UGS.ROI`` with its grid scaled by ``MODEL.ROI_BOX_CASCADE_HEAD.UGS_RANGE_SCALES``.
 """
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, List, Optional
 
 from detectron2.config import CfgNode as CN
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from ugs_d2.config import ConfigError, value_types, with_hydra_keys
+from ugs_d2.config import ConfigError, float_lists, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config, apply_ugs_architecture
+from ugs_d2.projects import Project, register_project
+from ugs_d2.schema import lists_of_numbers
 
 from .cascade import cascade_range_scales, cascade_stage_weights
 
-__all__ = ["add_ugs_cascade_config", "apply_cascade_architecture", "from_hydra"]
+__all__ = ["add_ugs_cascade_config", "apply_cascade_architecture", "CascadeSchema", "PROJECT"]
 
 # (Faster R-CNN class chosen by ugs_d2's apply_ugs_architecture, its cascade counterpart)
 _CASCADE_NAMES = {
@@ -63,29 +66,46 @@ def apply_cascade_architecture(cfg: CN) -> CN:
     return cfg
 
 
-def from_hydra(
-    cfg: DictConfig, d2: CN, get: Callable[[str, Callable], Any], num_classes: Optional[int]
-) -> None:
-    """Set the cascade's keys from the ``model=cascade_*`` preset (``ugs_d2.config``'s hook for
-    ``model.project: UGS_Cascade``); the R-CNN keys (``model.rpn``, ``model.roi``) and ``ugs.*``
-    are already in ``d2``. Reads ``model.cascade.{ious, bbox_reg_weights, range_scales, stage_weights}``.
-    """
-    vt = value_types
-    add_ugs_cascade_config(d2)
-    head = d2.MODEL.ROI_BOX_CASCADE_HEAD
-    head.IOUS = get("model.cascade.ious", vt.list_of(vt.number))
-    head.BBOX_REG_WEIGHTS = get("model.cascade.bbox_reg_weights", vt.list_of(vt.list_of(vt.number)))
-    scales = get("model.cascade.range_scales", lambda v: [] if v is None else vt.list_of(vt.number)(v))
-    head.UGS_RANGE_SCALES = scales
-    head.UGS_STAGE_WEIGHTS = get("model.cascade.stage_weights", vt.list_of(vt.number))
+@dataclass
+class CascadeSchema:
+    """``model.cascade`` of the ``model=cascade_*`` presets (configs/model/cascade_r18_fpn.yaml);
+    the R-CNN keys (``model.rpn``, ``model.roi``) and ``ugs.*`` are the core bridge's."""
+
+    ious: List[float] = MISSING  # stage k's foreground IoU
+    bbox_reg_weights: List[Any] = MISSING  # per stage, 4 numbers (checked by the class selection)
+    range_scales: Optional[List[float]] = None  # None: from ious / bbox_reg_weights
+    stage_weights: List[float] = MISSING
+
+
+_RENAMES = [
+    ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "model.roi.cls_agnostic_bbox_reg"),
+    ("MODEL.ROI_BOX_CASCADE_HEAD.UGS_RANGE_SCALES", "model.cascade.range_scales"),
+    ("MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS", "model.cascade.stage_weights"),
+    ("MODEL.ROI_BOX_CASCADE_HEAD.IOUS and BBOX_REG_WEIGHTS", "model.cascade.ious and bbox_reg_weights"),
+    ("MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", "model.cascade.bbox_reg_weights"),
+]
+
+
+def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
+    """The class selection (and its checks, named by the Hydra keys)."""
     try:
         apply_cascade_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        renames = [
-            ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "model.roi.cls_agnostic_bbox_reg"),
-            ("MODEL.ROI_BOX_CASCADE_HEAD.UGS_RANGE_SCALES", "model.cascade.range_scales"),
-            ("MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS", "model.cascade.stage_weights"),
-            ("MODEL.ROI_BOX_CASCADE_HEAD.IOUS and BBOX_REG_WEIGHTS", "model.cascade.ious and bbox_reg_weights"),
-            ("MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", "model.cascade.bbox_reg_weights"),
-        ]
-        raise ConfigError(with_hydra_keys(str(e), renames)) from None
+        raise ConfigError(with_hydra_keys(str(e), _RENAMES)) from None
+
+
+PROJECT = register_project(Project(
+    name="UGS_Cascade",
+    package=__name__.rpartition(".")[0],
+    node="cascade",
+    schema=CascadeSchema,
+    bridge=(
+        ("model.cascade.ious", "MODEL.ROI_BOX_CASCADE_HEAD.IOUS"),
+        ("model.cascade.bbox_reg_weights", "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", float_lists),
+        ("model.cascade.range_scales", "MODEL.ROI_BOX_CASCADE_HEAD.UGS_RANGE_SCALES", lambda v: v or []),
+        ("model.cascade.stage_weights", "MODEL.ROI_BOX_CASCADE_HEAD.UGS_STAGE_WEIGHTS"),
+    ),
+    checks=(("model.cascade.bbox_reg_weights", lists_of_numbers, "a list of lists of numbers (one per stage)"),),
+    add_config=add_ugs_cascade_config,
+    finish=_finish,
+))

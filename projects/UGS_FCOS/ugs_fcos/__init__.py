@@ -11,14 +11,15 @@ Importing this package registers ``UGSFCOS`` (META_ARCH_REGISTRY). Use::
 
 or through ``ugs-train model=fcos_r18_fpn ugs=full``.
 """
-from .config import add_ugs_fcos_config, apply_fcos_architecture, from_hydra
+from .config import PROJECT, FCOSSchema, add_ugs_fcos_config, apply_fcos_architecture
 from .fcos import UGSFCOS, UGSFCOSHead, fcos_grid
 from .grid import one_sided_in_grid
 
 __all__ = [
     "add_ugs_fcos_config",
     "apply_fcos_architecture",
-    "from_hydra",
+    "PROJECT",
+    "FCOSSchema",
     "UGSFCOS",
     "UGSFCOSHead",
     "fcos_grid",

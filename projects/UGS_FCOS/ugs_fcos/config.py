@@ -1,20 +1,22 @@
 """Config of UGS FCOS: ``MODEL.FCOS.*`` (detectron2 0.6 configures FCOS only through LazyConfig),
-its class, and its Hydra preset keys.
+its class, and its Hydra preset keys (``model.fcos``, registered with ``ugs_d2.projects``).
 
 The UGS keys are the RPN's (FCOS's head is the dense, RPN-like one): ``MODEL.UGS.RPN.{ENABLED,
 RANGE, MODULATOR, NUM_INTERVALS}`` and ``MODEL.UGS.{UM_WEIGHT, UR_WEIGHT, UR_RHO, UR_LEVELS}``.
 The grid is one-sided, over ``[0, UGS_RANGE_SCALE * RANGE]`` strides.
 """
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from detectron2.config import CfgNode as CN
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from ugs_d2.config import ConfigError, value_types, with_hydra_keys
+from ugs_d2.config import ConfigError, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.projects import Project, register_project
 
-__all__ = ["add_ugs_fcos_config", "apply_fcos_architecture", "from_hydra", "LEVELS"]
+__all__ = ["add_ugs_fcos_config", "apply_fcos_architecture", "FCOSSchema", "PROJECT", "LEVELS"]
 
 #: model.fcos.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
 LEVELS = {
@@ -74,38 +76,56 @@ def apply_fcos_architecture(cfg: CN) -> CN:
     return cfg
 
 
-def from_hydra(
-    cfg: DictConfig, d2: CN, get: Callable[[str, Callable], Any], num_classes: Optional[int]
-) -> None:
-    """Set FCOS's detectron2 keys from the ``model=fcos_*`` preset (``ugs_d2.config``'s hook for
-    ``model.project: UGS_FCOS``). Reads ``model.fcos.*``; ``ugs.rpn.reg_loss`` has no effect
-    (FCOS's regression loss is GIoU), ``ugs.roi.*`` has no stage here.
-    """
-    vt = value_types
-    add_ugs_fcos_config(d2)
-    levels = get("model.fcos.levels", vt.string)
-    if levels not in LEVELS:
-        raise ConfigError(f"model.fcos.levels: expected {' or '.join(LEVELS)}, got {levels!r}")
-    builder, stages, head_levels = LEVELS[levels]
+@dataclass
+class FCOSSchema:
+    """``model.fcos`` of the ``model=fcos_*`` presets (configs/model/fcos_r18_fpn.yaml)."""
+
+    levels: str = MISSING  # p2-p6 | p3-p7 (LEVELS)
+    num_convs: int = MISSING
+    head_norm: Optional[str] = None  # "" | GN
+    center_sampling_radius: float = MISSING
+    range_scale: float = MISSING
+    score_thresh_test: float = MISSING
+    topk_candidates_test: int = MISSING
+    nms_thresh_test: float = MISSING
+    detections_per_image: int = MISSING
+
+
+def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
+    """The levels pick the backbone; the classes come from the data; then the class selection.
+    (``ugs.rpn.reg_loss`` has no effect: FCOS's regression loss is GIoU; ``ugs.roi.*`` has no stage.)"""
+    builder, stages, _ = LEVELS[typed.model.fcos.levels]
     d2.MODEL.BACKBONE.NAME = builder
     d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
     d2.MODEL.FPN.IN_FEATURES = list(stages)
-    f = d2.MODEL.FCOS
     if num_classes is not None:
-        f.NUM_CLASSES = num_classes
-    f.IN_FEATURES = list(head_levels)
-    f.NUM_CONVS = get("model.fcos.num_convs", vt.integer)
-    f.HEAD_NORM = get("model.fcos.head_norm", vt.optional_string)
-    f.CENTER_SAMPLING_RADIUS = get("model.fcos.center_sampling_radius", vt.number)
-    f.UGS_RANGE_SCALE = get("model.fcos.range_scale", vt.number)
-    f.SCORE_THRESH_TEST = get("model.fcos.score_thresh_test", vt.number)
-    f.TOPK_CANDIDATES_TEST = get("model.fcos.topk_candidates_test", vt.integer)
-    f.NMS_THRESH_TEST = get("model.fcos.nms_thresh_test", vt.number)
-    d2.TEST.DETECTIONS_PER_IMAGE = get("model.fcos.detections_per_image", vt.integer)
-    if f.NUM_CONVS < 1:
-        raise ConfigError(f"model.fcos.num_convs: expected a positive integer, got {f.NUM_CONVS}")
+        d2.MODEL.FCOS.NUM_CLASSES = num_classes
     try:
         apply_fcos_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        renames = [("MODEL.FCOS.UGS_RANGE_SCALE", "model.fcos.range_scale")]
-        raise ConfigError(with_hydra_keys(str(e), renames)) from None
+        raise ConfigError(with_hydra_keys(str(e), [("MODEL.FCOS.UGS_RANGE_SCALE", "model.fcos.range_scale")])) from None
+
+
+PROJECT = register_project(Project(
+    name="UGS_FCOS",
+    package=__name__.rpartition(".")[0],
+    node="fcos",
+    schema=FCOSSchema,
+    bridge=(
+        ("model.fcos.num_convs", "MODEL.FCOS.NUM_CONVS"),
+        ("model.fcos.head_norm", "MODEL.FCOS.HEAD_NORM", lambda v: v or ""),
+        ("model.fcos.center_sampling_radius", "MODEL.FCOS.CENTER_SAMPLING_RADIUS"),
+        ("model.fcos.range_scale", "MODEL.FCOS.UGS_RANGE_SCALE"),
+        ("model.fcos.score_thresh_test", "MODEL.FCOS.SCORE_THRESH_TEST"),
+        ("model.fcos.topk_candidates_test", "MODEL.FCOS.TOPK_CANDIDATES_TEST"),
+        ("model.fcos.nms_thresh_test", "MODEL.FCOS.NMS_THRESH_TEST"),
+        ("model.fcos.detections_per_image", "TEST.DETECTIONS_PER_IMAGE"),
+        ("model.fcos.levels", "MODEL.FCOS.IN_FEATURES", lambda v: LEVELS[v][2]),
+    ),
+    checks=(
+        ("model.fcos.levels", lambda v: v in LEVELS, " or ".join(LEVELS)),
+        ("model.fcos.num_convs", lambda v: v >= 1, "a positive integer"),
+    ),
+    add_config=add_ugs_fcos_config,
+    finish=_finish,
+))

@@ -8,15 +8,16 @@ Importing this package registers ``UGSRetinaNet`` (META_ARCH_REGISTRY). Use with
     apply_retinanet_architecture(cfg)    # UGSRetinaNet; checks the MODEL.UGS keys
     model = build_model(cfg)
 
-or through ``ugs-train model=retinanet_r18_fpn ugs=full`` (``from_hydra`` is its bridge hook).
+or through ``ugs-train model=retinanet_r18_fpn ugs=full`` (``PROJECT`` registers its Hydra keys with the bridge).
 """
-from .config import add_ugs_retinanet_config, apply_retinanet_architecture, from_hydra
+from .config import PROJECT, RetinaNetSchema, add_ugs_retinanet_config, apply_retinanet_architecture
 from .retinanet import UGSRetinaNet, UGSRetinaNetHead
 
 __all__ = [
     "add_ugs_retinanet_config",
     "apply_retinanet_architecture",
-    "from_hydra",
+    "PROJECT",
+    "RetinaNetSchema",
     "UGSRetinaNet",
     "UGSRetinaNetHead",
 ]

@@ -5,16 +5,18 @@ RetinaNet's dense head encodes anchor deltas like the RPN (Box2BoxTransform, wei
 NUM_INTERVALS, REG_LOSS}`` and the shared ``MODEL.UGS.{UM_WEIGHT, UR_WEIGHT, UR_RHO, UR_LEVELS}``.
 No new detectron2 key is needed.
 """
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import List, Optional
 
 from detectron2.config import CfgNode as CN
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from ugs_d2.config import ConfigError, value_types, with_hydra_keys
+from ugs_d2.config import ConfigError, float_lists, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.projects import Project, register_project
 
-__all__ = ["add_ugs_retinanet_config", "apply_retinanet_architecture", "from_hydra", "LEVELS"]
+__all__ = ["add_ugs_retinanet_config", "apply_retinanet_architecture", "RetinaNetSchema", "PROJECT", "LEVELS"]
 
 #: model.retinanet.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
 LEVELS = {
@@ -53,54 +55,64 @@ def apply_retinanet_architecture(cfg: CN) -> CN:
     return cfg
 
 
-def from_hydra(
-    cfg: DictConfig, d2: CN, get: Callable[[str, Callable], Any], num_classes: Optional[int]
-) -> None:
-    """Set RetinaNet's detectron2 keys from the ``model=retinanet_*`` preset (``ugs_d2.config``'s
-    hook for ``model.project: UGS_RetinaNet``); the ``ugs.*`` keys are already in ``d2``.
+@dataclass
+class RetinaNetSchema:
+    """``model.retinanet`` of the ``model=retinanet_*`` presets (configs/model/retinanet_r18_fpn.yaml)."""
 
-    Reads ``model.anchors.*`` and ``model.retinanet.*``; ``ugs.roi.*`` has no stage here and is
-    ignored.
-    """
-    vt = value_types
-    add_ugs_retinanet_config(d2)
-    levels = get("model.retinanet.levels", vt.string)
-    if levels not in LEVELS:
-        raise ConfigError(f"model.retinanet.levels: expected {' or '.join(LEVELS)}, got {levels!r}")
-    builder, stages, head_levels = LEVELS[levels]
+    levels: str = MISSING  # p2-p6 | p3-p7 (LEVELS)
+    num_convs: int = MISSING
+    head_norm: Optional[str] = None  # "" | GN | BN
+    iou_thresholds: List[float] = MISSING  # [background below, foreground from]
+    score_thresh_test: float = MISSING
+    topk_candidates_test: int = MISSING
+    nms_thresh_test: float = MISSING
+    detections_per_image: int = MISSING
+
+
+def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
+    """The levels pick the backbone and bound the anchor lists; then the class selection.
+    (``ugs.roi.*`` has no stage here and is ignored.)"""
+    builder, stages, head_levels = LEVELS[typed.model.retinanet.levels]
     d2.MODEL.BACKBONE.NAME = builder
     d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
     d2.MODEL.FPN.IN_FEATURES = list(stages)
-    sizes = get("model.anchors.sizes", vt.list_of(vt.list_of(vt.number)))
+    sizes = d2.MODEL.ANCHOR_GENERATOR.SIZES
     if len(sizes) not in (1, len(head_levels)):
         raise ConfigError(
             f"model.anchors.sizes: expected 1 or {len(head_levels)} lists (one per level "
             f"{', '.join(head_levels)}), got {len(sizes)}"
         )
-    d2.MODEL.ANCHOR_GENERATOR.SIZES = sizes
-    d2.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = get(
-        "model.anchors.aspect_ratios", vt.list_of(vt.list_of(vt.number))
-    )
-    r = d2.MODEL.RETINANET
     if num_classes is not None:
-        r.NUM_CLASSES = num_classes
-    r.IN_FEATURES = list(head_levels)
-    r.NUM_CONVS = get("model.retinanet.num_convs", vt.integer)
-    r.NORM = get("model.retinanet.head_norm", vt.optional_string)
-    r.IOU_THRESHOLDS = get("model.retinanet.iou_thresholds", vt.list_of(vt.number))
-    r.SCORE_THRESH_TEST = get("model.retinanet.score_thresh_test", vt.number)
-    r.TOPK_CANDIDATES_TEST = get("model.retinanet.topk_candidates_test", vt.integer)
-    r.NMS_THRESH_TEST = get("model.retinanet.nms_thresh_test", vt.number)
-    d2.TEST.DETECTIONS_PER_IMAGE = get("model.retinanet.detections_per_image", vt.integer)
-    if r.NUM_CONVS < 1:
-        raise ConfigError(f"model.retinanet.num_convs: expected a positive integer, got {r.NUM_CONVS}")
-    if len(r.IOU_THRESHOLDS) != 2 or not r.IOU_THRESHOLDS[0] <= r.IOU_THRESHOLDS[1]:
-        raise ConfigError(
-            f"model.retinanet.iou_thresholds: expected [background_below, foreground_from], "
-            f"got {r.IOU_THRESHOLDS}"
-        )
+        d2.MODEL.RETINANET.NUM_CLASSES = num_classes
     try:
         apply_retinanet_architecture(d2)
     except ValueError as e:  # name the Hydra key
         raise ConfigError(with_hydra_keys(str(e))) from None
 
+
+PROJECT = register_project(Project(
+    name="UGS_RetinaNet",
+    package=__name__.rpartition(".")[0],
+    node="retinanet",
+    schema=RetinaNetSchema,
+    bridge=(
+        ("model.anchors.sizes", "MODEL.ANCHOR_GENERATOR.SIZES", float_lists),
+        ("model.anchors.aspect_ratios", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", float_lists),
+        ("model.retinanet.levels", "MODEL.RETINANET.IN_FEATURES", lambda v: LEVELS[v][2]),
+        ("model.retinanet.num_convs", "MODEL.RETINANET.NUM_CONVS"),
+        ("model.retinanet.head_norm", "MODEL.RETINANET.NORM", lambda v: v or ""),
+        ("model.retinanet.iou_thresholds", "MODEL.RETINANET.IOU_THRESHOLDS"),
+        ("model.retinanet.score_thresh_test", "MODEL.RETINANET.SCORE_THRESH_TEST"),
+        ("model.retinanet.topk_candidates_test", "MODEL.RETINANET.TOPK_CANDIDATES_TEST"),
+        ("model.retinanet.nms_thresh_test", "MODEL.RETINANET.NMS_THRESH_TEST"),
+        ("model.retinanet.detections_per_image", "TEST.DETECTIONS_PER_IMAGE"),
+    ),
+    checks=(
+        ("model.retinanet.levels", lambda v: v in LEVELS, " or ".join(LEVELS)),
+        ("model.retinanet.num_convs", lambda v: v >= 1, "a positive integer"),
+        ("model.retinanet.iou_thresholds", lambda v: len(v) == 2 and v[0] <= v[1],
+         "[background_below, foreground_from]"),
+    ),
+    add_config=add_ugs_retinanet_config,
+    finish=_finish,
+))
