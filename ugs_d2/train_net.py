@@ -134,6 +134,28 @@ def _project_function(module, prefix: str, suffix: str):
     return getattr(module, names[0])
 
 
+def _flat_keys(cfg, prefix: str = "") -> List[str]:
+    from detectron2.config import CfgNode
+
+    keys = []
+    for key, value in cfg.items():
+        keys += _flat_keys(value, f"{prefix}{key}.") if isinstance(value, CfgNode) else [f"{prefix}{key}"]
+    return keys
+
+
+def _check_keys(cfg, keys: Sequence[str]) -> None:
+    """An unknown KEY of the trailing options: one line with the closest keys (detectron2's own
+    message names the key only)."""
+    import difflib
+
+    known = _flat_keys(cfg)
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown config key '{key}' in the KEY VALUE options{hint}")
+
+
 def setup(args: argparse.Namespace):
     """The frozen detectron2 config of the command line (detectron2's ``setup(args)``).
 
@@ -154,6 +176,7 @@ def setup(args: argparse.Namespace):
         _project_function(module, "add_", "_config")(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
+    _check_keys(cfg, args.opts[0::2])
     cfg.merge_from_list(args.opts)
     cfg.UGS_PROJECT = project
     if module is not None:
