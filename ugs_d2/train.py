@@ -28,9 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
-from ugs_d2.config import ConfigError, to_detectron2_cfg
-from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
 from ugs_d2.evaluation import results as results_io
+
+# ugs_d2.config, ugs_d2.data and everything else that imports torch or detectron2 is imported
+# inside the functions that use them, so that `ugs-train --help` never imports torch.
 
 logger = logging.getLogger("ugs_d2")
 
@@ -139,6 +140,9 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
     Returns the results dict (Hydra's multirun keeps it as the job's return value).
     """
+    from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.data.datasets import check_usable_boxes, register_dataset, split_names
+
     os.makedirs(output_dir, exist_ok=True)
     if cfg.resume and results_io.is_done(output_dir):
         return print_done(output_dir, "resume=false")
@@ -197,6 +201,7 @@ def train_and_evaluate(
     from detectron2.utils.env import seed_all_rng
 
     from ugs_d2.compat import describe_detectron2
+    from ugs_d2.config import ConfigError
     from ugs_d2.engine.checkpoint import AtomicCheckpointer
     from ugs_d2.engine.trainer import UGSTrainer
     from ugs_d2.environment import run_environment
@@ -357,8 +362,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     # command continues from the last one
     with interruptible("ugs-train", "rerun the same command to continue from the last checkpoint"):
         try:
-            validate_command_line(argv)
-        except (CommandLineError, ConfigError) as e:
+            validate_command_line(argv)  # imports ugs_d2.config (torch) unless it asks for help
+        except CommandLineError as e:
+            raise SystemExit(f"ugs-train: {e}") from None
+        except ValueError as e:
+            from ugs_d2.config import ConfigError  # imported by validate_command_line by now
+
+            if not isinstance(e, ConfigError):
+                raise
             raise SystemExit(f"ugs-train: {e}") from None
         sys.argv = [sys.argv[0]] + argv
         hydra_main()

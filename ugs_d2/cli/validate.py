@@ -104,13 +104,12 @@ def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
     Returns the composed config of the first sweep combination, or None when the command only
     asks Hydra for help/information or uses another config.
     """
-    from ugs_d2.config import to_detectron2_cfg  # imports detectron2: keep --help fast
-
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return None
     if args.config_name or args.config_path or args.config_dir:
         return None
+    from ugs_d2.config import to_detectron2_cfg  # imports torch and detectron2: not for --help
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception as e:
