@@ -50,12 +50,8 @@ def _script(name: str, target: str, report_torch: bool = False) -> str:
     return "\n".join(lines + [
         "try:",
         f"    {function}()",
-        "except SystemExit as e:",
-        "    code = e.code",
-        "else:",
-        "    code = 0",
-        f"print({TORCH_MARK!r} + str('torch' in sys.modules), file=sys.stderr)",
-        "sys.exit(code)",
+        "finally:",  # also when it raised: the exit code tells that
+        f"    print({TORCH_MARK!r} + str('torch' in sys.modules), file=sys.stderr)",
     ])
 
 
