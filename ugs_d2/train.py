@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, validate_command_line
+from ugs_d2.cli.validate import CONFIG_PATH, CommandLineError, validate_command_line
 from ugs_d2.evaluation import results as results_io
 
 # ugs_d2.config, ugs_d2.data and everything else that imports torch or detectron2 is imported
@@ -331,7 +331,7 @@ def remove_stale_temp_files(output_dir: str) -> None:
             os.remove(path)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     output_dir = HydraConfig.get().runtime.output_dir
     lock = RunDirLock(output_dir)

@@ -7,6 +7,7 @@ line is composed with Hydra's compose API and converted with ``to_detectron2_cfg
 (``a=1,2``) are checked value by value.
 """
 import difflib
+import importlib.util
 import os
 from typing import Iterable, List, Optional
 
@@ -17,9 +18,26 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line"]
+__all__ = ["CONFIG_DIR", "CONFIG_PATH", "CommandLineError", "validate_command_line"]
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
+
+def _find_configs():
+    """``(directory, Hydra config_path)`` of the ``configs/`` tree.
+
+    Installed (a wheel, ``pip install .``, or an editable install made after setup.py mapped
+    it), ``configs/`` is the package ``ugs_d2.configs``, found by import from any directory and
+    given to Hydra as ``pkg://ugs_d2.configs``. Only a source checkout that is not installed
+    (``PYTHONPATH=<checkout>``) falls back to the checkout's top-level ``configs/``.
+    """
+    spec = importlib.util.find_spec("ugs_d2.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0], "pkg://ugs_d2.configs"
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    return checkout, checkout
+
+
+#: the configs/ directory (for listings and Hydra's compose API) and Hydra's config_path for it
+CONFIG_DIR, CONFIG_PATH = _find_configs()
 
 
 class CommandLineError(ValueError):
