@@ -19,19 +19,20 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ugs_d2.cli.validate import CONFIG_DIR, CommandLineError, d2_overrides_as_hydra, validate_command_line
-from ugs_d2.config import ConfigError, to_detectron2_cfg
-from ugs_d2.data.datasets import DatasetError, check_usable_boxes, register_dataset, split_names
+from ugs_d2.cli.validate import CONFIG_PATH, CommandLineError, d2_overrides_as_hydra, validate_command_line
 from ugs_d2.evaluation import results as results_io
 from ugs_d2.fileio import run_dirname
 from ugs_d2.schema import register_schemas
+
+# ugs_d2.config, ugs_d2.data and everything else that imports torch or detectron2 is imported
+# inside the functions that use them, so that `ugs-train --help` never imports torch.
 
 logger = logging.getLogger("ugs_d2")
 
@@ -127,19 +128,12 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
     Returns the results dict (Hydra's multirun keeps it as the job's return value).
     """
-    from detectron2.utils.env import seed_all_rng
-
-    from ugs_d2.compat import describe_detectron2
-    from ugs_d2.engine.checkpoint import AtomicCheckpointer
-    from ugs_d2.engine.trainer import UGSTrainer
-    from ugs_d2.environment import run_environment
+    from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.data.datasets import check_usable_boxes, register_dataset, split_names
 
     os.makedirs(output_dir, exist_ok=True)
     if cfg.resume and results_io.is_done(output_dir):
-        results = results_io.read_results(output_dir)
-        print(f"[ugs-train] already done (delete {output_dir} or set resume=false to rerun)")
-        _print_results(results, output_dir)
-        return results
+        return print_done(output_dir, "resume=false")
 
     _setup_logging(output_dir)
     from detectron2.data import MetadataCatalog
@@ -149,37 +143,86 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
         check_usable_boxes(split_names(cfg.dataset)[0])
     train_classes = MetadataCatalog.get(split_names(cfg.dataset)[0][0]).thing_classes
     d2_cfg = to_detectron2_cfg(cfg, output_dir, num_classes=len(train_classes))
+    return train_and_evaluate(
+        d2_cfg,
+        output_dir,
+        run_cfg=cfg,
+        resume=bool(cfg.resume),
+        eval_only=bool(cfg.eval_only),
+        check_weights=bool(OmegaConf.select(cfg, "launcher.check_weights", default=False)),
+        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        weights_hint="model.weights=FILE",
+    )
+
+
+def print_done(output_dir: str, rerun_hint: str) -> Dict[str, Any]:
+    """The results of a finished run directory, printed as at the end of its training."""
+    results = results_io.read_results(output_dir)
+    print(f"[ugs-train] already done (delete {output_dir} or set {rerun_hint} to rerun)")
+    _print_results(results, output_dir)
+    return results
+
+
+def train_and_evaluate(
+    d2_cfg,
+    output_dir: str,
+    *,
+    run_cfg: Any,
+    resume: bool,
+    eval_only: bool,
+    check_weights: bool = False,
+    overrides: Sequence[str] = (),
+    weights_hint: str = "model.weights=FILE",
+) -> Dict[str, Any]:
+    """The run itself, shared by ``ugs-train`` and ``ugs-train-net``: write
+    ``detectron2_config.yaml``, train (unless ``eval_only``) with ``UGSTrainer``, evaluate, and
+    write ``results.json`` + ``done`` (rank 0). The datasets of ``d2_cfg`` must be registered.
+
+    Args:
+        d2_cfg: the frozen detectron2 config (``OUTPUT_DIR`` = ``output_dir``).
+        run_cfg: W&B settings (its ``wandb:`` block, ``resume``) and the config logged to W&B.
+        overrides: the command line's overrides, recorded in ``results.json``.
+        weights_hint: how to name a checkpoint on this command's line (eval-only message).
+    """
+    from detectron2.data import MetadataCatalog
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    from ugs_d2.compat import describe_detectron2
+    from ugs_d2.config import ConfigError
+    from ugs_d2.engine.checkpoint import AtomicCheckpointer
+    from ugs_d2.engine.trainer import UGSTrainer
+    from ugs_d2.environment import run_environment
+
     with open(os.path.join(output_dir, "detectron2_config.yaml"), "w") as f:
         f.write(d2_cfg.dump())
     logger.info(describe_detectron2())
     seed_all_rng(d2_cfg.SEED)
 
     start = time.perf_counter()
-    if cfg.eval_only:
+    if eval_only:
         model = UGSTrainer.build_model(d2_cfg)
         checkpointer = AtomicCheckpointer(model, save_dir=output_dir)
-        if cfg.resume and checkpointer.has_checkpoint():
+        if resume and checkpointer.has_checkpoint():
             checkpointer.resume_or_load(d2_cfg.MODEL.WEIGHTS, resume=True)
         elif d2_cfg.MODEL.WEIGHTS:  # the whole detector must come from the file
             checkpointer.load_checked(d2_cfg.MODEL.WEIGHTS, complete=True, checkpointables=[])
         else:
             raise ConfigError(
-                f"eval_only: nothing to evaluate: no checkpoint in {output_dir}; give model.weights=FILE"
+                f"eval_only: nothing to evaluate: no checkpoint in {output_dir}; give {weights_hint}"
             )
         eval_results = UGSTrainer.test(d2_cfg, model)
         iterations = 0
     else:
-        trainer = UGSTrainer(d2_cfg, run_cfg=cfg)  # run_cfg: W&B settings + logged config
-        trainer.resume_or_load(resume=bool(cfg.resume))
+        trainer = UGSTrainer(d2_cfg, run_cfg=run_cfg)  # run_cfg: W&B settings + logged config
+        trainer.resume_or_load(resume=resume)
         trainer.train()
-        if OmegaConf.select(cfg, "launcher.check_weights", default=False):
+        if check_weights:
             from ugs_d2.engine.launch import write_weights_sha256
 
             write_weights_sha256(trainer.model, output_dir)  # DDP check: one file per rank
         eval_results = trainer.last_eval_results
         iterations = d2_cfg.SOLVER.MAX_ITER
-
-    from detectron2.utils import comm
 
     if not comm.is_main_process():  # only rank 0 holds the evaluation results
         return {}
@@ -193,7 +236,7 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
         dataset=d2_cfg.DATASETS.TEST[0],
         detectron2=describe_detectron2(),
         environment=run_environment(),  # detectron2 build, package versions, CPU/GPU model
-        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        overrides=list(overrides),
     )
     results = results_io.read_results(output_dir)
     _print_results(results, output_dir)
@@ -202,39 +245,50 @@ def run(cfg: DictConfig, output_dir: str) -> Dict[str, Any]:
 
 def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
     """``run`` in this process or in DDP ranks (launcher.*); None when ranks ran it."""
+    from ugs_d2.config import resolve_device
+
+    # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
+    # rank runs `run` on the same run directory, rank 0 writes results.json.
+    # `run` by its module path: as __main__.run (python -m, or cloudpickled into a submitit
+    # job) spawned ranks could not unpickle it
+    from ugs_d2 import train as this_module
+
+    return launch_run(
+        this_module.run, cfg.get("launcher", {}), (cfg, output_dir), "ugs-train",
+        use_cuda=resolve_device(cfg.device) == "cuda",
+    )
+
+
+def launch_run(
+    func: Callable[..., Any], launcher: Any, args: tuple, command: str, use_cuda: bool
+) -> Optional[Dict[str, Any]]:
+    """``func(*args)`` in this process or in DDP ranks per the ``launcher.*`` keys (None when
+    ranks ran it); the known failures become one line prefixed with ``command``."""
     from torch.multiprocessing import ProcessRaisedException
 
-    from ugs_d2.config import resolve_device
+    from ugs_d2.config import ConfigError
+    from ugs_d2.data.datasets import DatasetError
     from ugs_d2.engine.checkpoint import CheckpointError
     from ugs_d2.engine.launch import LaunchConfigError, failure, launch_from_config
     from ugs_d2.engine.trainer import TrainingDiverged, one_line_error
     from ugs_d2.modeling.stage import GridMismatchError
 
     try:
-        # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
-        # rank runs `run` on the same run directory, rank 0 writes results.json.
-        # `run` by its module path: as __main__.run (python -m, or cloudpickled into a submitit
-        # job) spawned ranks could not unpickle it
-        from ugs_d2 import train as this_module
-
-        return launch_from_config(
-            this_module.run, cfg.get("launcher", {}), (cfg, output_dir),
-            use_cuda=resolve_device(cfg.device) == "cuda",
-        )
+        return launch_from_config(func, launcher, args, use_cuda=use_cuda)
     except (ConfigError, DatasetError, LaunchConfigError, CheckpointError, GridMismatchError, TrainingDiverged) as e:
         # SystemExit; RuntimeError in a submitit job. A DatasetError re-raised from a data-loader
         # worker carries the worker's traceback: one_line_error keeps its last line.
-        raise failure(f"ugs-train: {one_line_error(e)}") from None
+        raise failure(f"{command}: {one_line_error(e)}") from None
     except ProcessRaisedException as e:  # a spawned rank failed; its traceback is printed above
         last = str(e).strip().splitlines()[-1]  # "pkg.module.DatasetError: dataset.root: ..."
         if re.match(r"^[\w.]+\.(ConfigError|DatasetError|CheckpointError|GridMismatchError|TrainingDiverged): ", last):
             last = last.split(": ", 1)[1]
-        raise failure(f"ugs-train: {last}") from None
+        raise failure(f"{command}: {last}") from None
     except Exception as e:  # an image detectron2's reader could not read, mid-training
         line = one_line_error(e, known_only=True)
         if line is None:
             raise
-        raise failure(f"ugs-train: {line}") from None
+        raise failure(f"{command}: {line}") from None
 
 
 HYDRA_SUBDIR = ".hydra"
@@ -265,7 +319,7 @@ def remove_stale_temp_files(output_dir: str) -> None:
             os.remove(path)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     output_dir = HydraConfig.get().runtime.output_dir
     lock = RunDirLock(output_dir)
@@ -296,8 +350,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     # command continues from the last one
     with interruptible("ugs-train", "rerun the same command to continue from the last checkpoint"):
         try:
-            validate_command_line(argv)
-        except (CommandLineError, ConfigError) as e:
+            validate_command_line(argv)  # imports ugs_d2.config (torch) unless it asks for help
+        except CommandLineError as e:
+            raise SystemExit(f"ugs-train: {e}") from None
+        except ValueError as e:
+            from ugs_d2.config import ConfigError  # imported by validate_command_line by now
+
+            if not isinstance(e, ConfigError):
+                raise
             raise SystemExit(f"ugs-train: {e}") from None
         sys.argv = [sys.argv[0]] + argv
         hydra_main()

@@ -711,7 +711,7 @@ def _parser() -> argparse.ArgumentParser:
              "applied to every preset; not ugs=... (use --presets) or device=... (use --device)",
     )
     from ugs_d2.cli import bench_sahi  # here, not at the top: bench_sahi imports this module
-    from ugs_d2.cli import bench_anchors, bench_cocoeval, bench_overfit, bench_tiling, bench_ur
+    from ugs_d2.cli import bench_anchors, bench_cocoeval, bench_help, bench_overfit, bench_tiling, bench_ur
 
     bench_sahi.add_parser(sub)
     bench_cocoeval.add_parser(sub, PROG)
@@ -719,6 +719,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_tiling.add_parser(sub)
     bench_ur.add_parser(sub)
     bench_overfit.add_parser(sub)
+    bench_help.add_parser(sub)
     return parser
 
 
@@ -758,6 +759,10 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
         from ugs_d2.cli import bench_cocoeval
 
         return bench_cocoeval.run_command_line(args, argv, invoked_as)
+    if args.command == "help":
+        from ugs_d2.cli import bench_help
+
+        return bench_help.run_command_line(args, argv, invoked_as)
     if args.command in ("ur", "overfit"):
         from ugs_d2.cli import bench_overfit, bench_ur
 

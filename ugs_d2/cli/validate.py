@@ -7,6 +7,7 @@ line is composed with Hydra's compose API and converted with ``to_detectron2_cfg
 (``a=1,2``) are checked value by value.
 """
 import difflib
+import importlib.util
 import os
 from typing import Iterable, List, Optional
 
@@ -18,9 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.compat import hydra_args_parser
 
-__all__ = ["CONFIG_DIR", "CommandLineError", "validate_command_line", "d2_overrides_as_hydra"]
+__all__ = ["CONFIG_DIR", "CONFIG_PATH", "CommandLineError", "validate_command_line", "d2_overrides_as_hydra"]
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
+
+def _find_configs():
+    """``(directory, Hydra config_path)`` of the ``configs/`` tree.
+
+    Installed (a wheel, ``pip install .``, or an editable install made after setup.py mapped
+    it), ``configs/`` is the package ``ugs_d2.configs``, found by import from any directory and
+    given to Hydra as ``pkg://ugs_d2.configs``. Only a source checkout that is not installed
+    (``PYTHONPATH=<checkout>``) falls back to the checkout's top-level ``configs/``.
+    """
+    spec = importlib.util.find_spec("ugs_d2.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0], "pkg://ugs_d2.configs"
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    return checkout, checkout
+
+
+#: the configs/ directory (for listings and Hydra's compose API) and Hydra's config_path for it
+CONFIG_DIR, CONFIG_PATH = _find_configs()
 
 
 class CommandLineError(ValueError):
@@ -111,14 +129,13 @@ def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
     Returns the composed config of the first sweep combination, or None when the command only
     asks Hydra for help/information or uses another config.
     """
-    from ugs_d2.config import to_detectron2_cfg  # imports detectron2: keep --help fast
-
     argv = d2_overrides_as_hydra(argv)
     args, _ = hydra_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return None
     if args.config_name or args.config_path or args.config_dir:
         return None
+    from ugs_d2.config import to_detectron2_cfg  # imports torch and detectron2: not for --help
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception as e:
