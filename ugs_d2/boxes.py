@@ -13,26 +13,34 @@ to :func:`pairwise_overlap`.
 Degenerate pairs follow detectron2: a pair whose intersection is empty has overlap 0 (never
 NaN), and a box whose corners are inverted has no intersection with anything.
 """
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
-from detectron2.structures import Boxes, pairwise_ioa, pairwise_iou
+
+if TYPE_CHECKING:
+    import torch
+    from detectron2.structures import Boxes
+
+# torch and detectron2 are imported in the functions: the command-line tools import this module
+# at start, and their --help must not pay for (or print the warnings of) importing torch.
 
 __all__ = ["MATCH_METRICS", "box_iou", "box_ios", "pairwise_overlap", "overlap_with", "clip_boxes"]
 
 MATCH_METRICS = ("iou", "ios")
 
-ArrayLike = Union[np.ndarray, torch.Tensor, list, tuple]
+ArrayLike = Union[np.ndarray, "torch.Tensor", list, tuple]
 
 
-def _as_boxes(boxes: ArrayLike) -> Boxes:
+def _as_boxes(boxes: ArrayLike) -> "Boxes":
     """(N, 4) array-like -> ``Boxes`` holding a float64 tensor.
 
     ``Boxes.__init__`` casts to float32; the pairwise ops compute in their tensor's dtype, so
     the float64 tensor is put back: a threshold such as 0.95 then compares exactly as the
     float64 numpy code this module replaced did (float32 could flip a pair at the threshold).
     """
+    import torch
+    from detectron2.structures import Boxes
+
     if isinstance(boxes, torch.Tensor):
         boxes = boxes.detach().cpu()
     tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
@@ -50,6 +58,8 @@ def box_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     Returns:
         (N, M) float64 in [0, 1]; 0 where the intersection is empty.
     """
+    from detectron2.structures import pairwise_iou
+
     return pairwise_iou(_as_boxes(a), _as_boxes(b)).numpy()
 
 
@@ -66,6 +76,9 @@ def box_ios(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     Returns:
         (N, M) float64 in [0, 1]; 0 where the intersection is empty.
     """
+    import torch
+    from detectron2.structures import pairwise_ioa
+
     boxes_a, boxes_b = _as_boxes(a), _as_boxes(b)
     return torch.maximum(pairwise_ioa(boxes_a, boxes_b), pairwise_ioa(boxes_b, boxes_a).T).numpy()
 

@@ -370,13 +370,11 @@ def _with_model(model: type) -> type:
 
 def _require_all(node: Any, prefix: str = "") -> None:
     """Every mandatory (``???``) value is set; a missing one is named by its key."""
-    if not isinstance(node, DictConfig) or node._is_none():
+    if not isinstance(node, DictConfig):
         return
-    for key in node.keys():
-        full = f"{prefix}{key}"
-        if OmegaConf.is_missing(node, key):
-            raise ConfigError(f"{full}: missing from the configuration")
-        _require_all(node._get_node(key), full + ".")
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}: missing from the configuration")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -491,17 +489,20 @@ def check_ranges(typed: DictConfig, checks: Iterable[Check] = CHECKS) -> None:
 
 def _check_finite(node: Any, prefix: str = "") -> None:
     """nan/inf pass every range check (or mislead it): refuse them wherever a number is typed."""
-    if isinstance(node, DictConfig):
-        if node._is_none():
-            return
-        items = [(k, node._get_node(k)) for k in node.keys() if not (prefix == "" and k in ("d2", "hydra"))]
-    elif OmegaConf.is_list(node):
-        items = [(i, node._get_node(i)) for i in range(len(node))]
-    else:
+    if not OmegaConf.is_config(node):
         return
-    for key, child in items:
-        full = f"{prefix}{key}"
-        value = child._value() if not OmegaConf.is_config(child) else None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{full}: expected a finite number, got {value}")
-        _check_finite(child, full + ".")
+    # unresolved: interpolations (``${hydra:...}``) stay strings, so this needs no Hydra context
+    tree = OmegaConf.to_container(node, resolve=False)
+    if isinstance(tree, dict) and prefix == "":
+        tree = {k: v for k, v in tree.items() if k not in ("d2", "hydra")}
+    _refuse_non_finite(tree, prefix)
+
+
+def _refuse_non_finite(value: Any, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key.rstrip('.')}: expected a finite number, got {value}")
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for child_key, child in children:
+        _refuse_non_finite(child, f"{key}{child_key}.")
+
+

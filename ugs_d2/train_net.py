@@ -112,7 +112,7 @@ def project_of(config_file: str, opts: Sequence[str]) -> str:
     ``projects/NAME/configs/`` (each project's configs go with its package, as in detectron2)."""
     from detectron2.config import CfgNode
 
-    from ugs_d2.config import PROJECTS_DIR
+    from ugs_d2.projects import registered_projects
 
     given = _opts_value(opts, "UGS_PROJECT")
     if given is not None:
@@ -121,9 +121,9 @@ def project_of(config_file: str, opts: Sequence[str]) -> str:
         chained = CfgNode.load_yaml_with_base(config_file, allow_unsafe=False)
         if chained.get("UGS_PROJECT"):
             return str(chained["UGS_PROJECT"])
-        relative = os.path.relpath(os.path.abspath(config_file), PROJECTS_DIR).split(os.sep)
-        if len(relative) == 3 and relative[1] == "configs" and relative[0] != os.pardir:
-            return relative[0]
+        parts = os.path.abspath(config_file).split(os.sep)  # .../NAME/configs/FILE.yaml
+        if len(parts) >= 3 and parts[-2] == "configs" and parts[-3] in registered_projects():
+            return parts[-3]
     return ""
 
 
