@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ugs_d2 import anchors as A
-from ugs_d2.cli.anchors import AnchorsError, format_overrides, load_base, main as ugs_anchors
+from ugs_d2.cli.anchors import AnchorsError, format_overrides, load_base
+from ugs_d2.cli.anchors import main as ugs_anchors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRIDES = A.level_strides(["p2", "p3", "p4", "p5", "p6"])
@@ -206,10 +207,10 @@ def _write_dataset(path, wh, image_size=256):
 
 
 def test_cli_writes_an_override_file_that_hydra_and_detectron2_accept(tmp_path, capsys):
+    from detectron2.modeling import build_model
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from detectron2.modeling import build_model
     from ugs_d2.cli.validate import CONFIG_DIR
     from ugs_d2.config import to_detectron2_cfg
 
@@ -346,6 +347,7 @@ def test_grid_iou_by_hand():
 def test_grid_shapes_are_the_feature_maps_of_the_real_fpn():
     import torch
     from detectron2.modeling import build_backbone
+
     from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
 

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN, run_ugs_train
 from detectron2.data import DatasetFromList, MapDataset
 from detectron2.data import transforms as T
 from PIL import Image
 
-from conftest import TINY_RUN, run_ugs_train
 from ugs_d2.cli.augment import main as ugs_augment
 from ugs_d2.data.augment import (
     MOSAIC_FILL,

@@ -3,7 +3,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import TINY_RUN
 
 # TINY_RUN without device= (the benchmark takes --device) and with 128 px generated images.

@@ -2,7 +2,6 @@
 is installed (``make bench-deps``; CI: ``make bench-deps-headless``), matched SAHI == our tiled predictor."""
 import importlib.util
 import inspect
-import os
 
 import numpy as np
 import pytest

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from ugs_d2.cli.classes import CocoError, main as ugs_classes, remap_categories
+from ugs_d2.cli.classes import CocoError, remap_categories
+from ugs_d2.cli.classes import main as ugs_classes
 
 
 def _dataset():

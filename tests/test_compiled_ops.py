@@ -53,9 +53,8 @@ def test_box_iou_rotated_by_hand():
 
 
 def test_box_iou_rotated_at_angle_zero_is_torchvisions_box_iou():
-    from torchvision.ops import box_iou
-
     from detectron2.layers.rotated_boxes import pairwise_iou_rotated
+    from torchvision.ops import box_iou
 
     g = torch.Generator().manual_seed(0)
     xyxy = torch.rand(20, 2, generator=g) * 50
@@ -81,9 +80,8 @@ def test_nms_rotated_by_hand():
 
 
 def test_roi_align_rotated_at_angle_zero_is_torchvisions_aligned_roi_align_and_180_flips_it():
-    from torchvision.ops import roi_align
-
     from detectron2.layers import ROIAlignRotated
+    from torchvision.ops import roi_align
 
     g = torch.Generator().manual_seed(0)
     features = torch.rand(2, 3, 16, 20, generator=g)
@@ -121,9 +119,8 @@ def test_cocoeval_opt_by_hand_and_against_pycocotools():
     import contextlib
     import io
 
-    from pycocotools.cocoeval import COCOeval
-
     from detectron2.evaluation.fast_eval_api import COCOeval_opt
+    from pycocotools.cocoeval import COCOeval
 
     gt = _coco([1, 2], [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
                         {"image_id": 2, "category_id": 1, "bbox": [50, 50, 10, 10]}])
@@ -168,9 +165,8 @@ def test_deform_conv_with_zero_offsets_is_a_convolution_and_a_shift_moves_the_in
 
 @CUDA_ONLY
 def test_modulated_deform_conv_kernel_matches_torchvision():
-    from torchvision.ops import deform_conv2d
-
     from detectron2.layers import ModulatedDeformConv
+    from torchvision.ops import deform_conv2d
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 4, 10, 11, generator=g)

@@ -256,7 +256,6 @@ def test_ugs_train_records_a_d2_override(tiny_dataset, tmp_path):
     """End to end: the plain d2.KEY=VALUE form trains, lands in detectron2_config.yaml and names
     the run directory."""
     import yaml
-
     from conftest import TINY_RUN, run_ugs_train
 
     proc = run_ugs_train(

@@ -157,11 +157,11 @@ def test_gigantic_images_are_reported_at_registration(tmp_path, caplog):
 def test_grayscale_and_alpha_images_train_as_three_channels(tmp_path):
     """Mapped by detectron2's DatasetMapper to (3, H, W) and accepted by a training step."""
     import torch
+    from conftest import TINY_RUN
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from conftest import TINY_RUN
     from ugs_d2.config import to_detectron2_cfg
 
     images = [("gray.png", 48, 40, "L", 90), ("alpha.png", 40, 48, "RGBA", 200), ("rgb.png", 32, 32)]

@@ -8,8 +8,8 @@ import re
 import subprocess
 
 import pytest
-from omegaconf import OmegaConf
 from conftest import write_sweep_job
+from omegaconf import OmegaConf
 from test_paper_presets import _compose, _get, _sweep_points
 
 from ugs_d2.cli.validate import CONFIG_DIR

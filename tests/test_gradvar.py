@@ -6,16 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from ugs_d2.cli import gradvar as gradvar_cli
-
 from conftest import TINY_RUN, run_ugs_train, write_sweep_job
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from ugs_d2.cli import gradvar as cli
+from ugs_d2.cli import gradvar as gradvar_cli
 from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.engine.gradvar import (

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from ugs_d2.cli.health import health_report, main as ugs_health, render_markdown
+from ugs_d2.cli.health import health_report, render_markdown
+from ugs_d2.cli.health import main as ugs_health
 
 
 def _ann(ann_id, image_id, category_id, bbox):

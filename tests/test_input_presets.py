@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import TINY_RUN
 from detectron2.data import DatasetMapper
 from PIL import Image
 
-from conftest import TINY_RUN
 from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.data.augment import RandomRotationWithBoxes, SmallObjectSafeCrop

@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from fvcore.nn import smooth_l1_loss
-
 from detectron2.modeling.box_regression import Box2BoxTransform
+from fvcore.nn import smooth_l1_loss
 
 from ugs_d2.bins import in_grid, two_hot
 from ugs_d2.losses import adversarial_perturbation, bin_cross_entropy, entropy, kl_loss

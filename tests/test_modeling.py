@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
@@ -19,8 +18,8 @@ from ugs_d2.modeling import (
     apply_ugs_architecture,
     validate_ugs_config,
 )
-from ugs_d2.modeling.rpn import unflatten_box_params
 from ugs_d2.modeling.refinement import RefinementSettings, perturb
+from ugs_d2.modeling.rpn import unflatten_box_params
 
 NUM_CLASSES = 3
 DETECTION_KEYS = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}

@@ -8,7 +8,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO
 
 # what setuptools reads to build (copied, so that the build leaves nothing in the checkout)

@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-
+from conftest import TINY_RUN, run_ugs_train
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import TINY_RUN, run_ugs_train
 from ugs_d2.bins import in_grid
 from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, load_project, to_detectron2_cfg

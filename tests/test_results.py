@@ -3,9 +3,8 @@ import csv
 import os
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import write_sweep_job
+from omegaconf import OmegaConf
 
 from ugs_d2.cli import results as collector
 from ugs_d2.harness.callbacks import CollectResults

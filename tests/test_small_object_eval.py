@@ -14,8 +14,8 @@ from conftest import TINY_RUN, run_ugs_train
 from ugs_d2.cli.bench_cocoeval import make_case
 from ugs_d2.cli.results import collect
 from ugs_d2.cli.validate import _compose, validate_command_line
-from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.compat import HAS_COMPILED_OPS
+from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.evaluation.backends import BACKENDS, run_bbox_cocoeval
 from ugs_d2.evaluation.metrics import read_metrics
 from ugs_d2.evaluation.small_object import (

@@ -80,12 +80,12 @@ def test_voc_evaluation_runs_on_this_numpy(tmp_path):
 
 
 def test_one_training_step_runs(tiny_dataset):
+    from conftest import TINY_RUN
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import SimpleTrainer
     from detectron2.modeling import build_model
     from omegaconf import OmegaConf
 
-    from conftest import TINY_RUN
     from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
     from ugs_d2.data.datasets import register_dataset

@@ -6,12 +6,12 @@ import json
 import os
 
 import pytest
+from conftest import TINY_RUN, run_ugs_train
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import TINY_RUN, run_ugs_train
 from ugs_d2.cli.validate import CONFIG_DIR, validate_command_line
 from ugs_d2.config import to_detectron2_cfg
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY_RUN, run_ugs_train
 
+from ugs_d2.boxes import pairwise_overlap
 from ugs_d2.inference.tiled import (
     TiledInferenceModel,
     TiledPredictor,
@@ -15,7 +16,6 @@ from ugs_d2.inference.tiled import (
     merge_detections,
     predict_whole_image,
 )
-from ugs_d2.boxes import pairwise_overlap
 
 # --- merging by hand -------------------------------------------------------------------------
 

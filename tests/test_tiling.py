@@ -15,7 +15,6 @@ from ugs_d2.data.tiling import (
     tile_windows,
 )
 
-
 # --- windows -------------------------------------------------------------------------------
 
 def test_windows_by_hand():

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_RUN, run_ugs_train
 
 BASE_YAML = os.path.join(REPO, "configs", "Base-UGS.yaml")

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
 from test_modeling import tiny_batch, tiny_cfg, train_losses
+
 from ugs_d2.bins import GRID_FORMS, in_grid
 from ugs_d2.engine.checkpoint import AtomicCheckpointer
 from ugs_d2.losses import adversarial_perturbation

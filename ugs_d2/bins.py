@@ -12,8 +12,8 @@ distribution over ``K = n + 1`` grid points ``g_0 < ... < g_n`` spanning ``[-a, 
 Shapes: ``K`` is the number of grid points (``num_intervals + 1``); ``...`` is any batch shape.
 """
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = ["in_grid", "two_hot", "expectation", "GRID_FORMS"]
 

@@ -8,8 +8,8 @@ Smooth-L1 and GIoU, the other Table-6 rows, are detectron2's own (``fvcore.nn.sm
 from typing import Optional
 
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 from .bins import two_hot
 

@@ -245,13 +245,12 @@ def train_and_evaluate(
 
 def _launch(cfg: DictConfig, output_dir: str) -> Optional[Dict[str, Any]]:
     """``run`` in this process or in DDP ranks (launcher.*); None when ranks ran it."""
-    from ugs_d2.config import resolve_device
-
     # launcher.*: one process, or DDP on N local processes / inside a SLURM job; every
     # rank runs `run` on the same run directory, rank 0 writes results.json.
     # `run` by its module path: as __main__.run (python -m, or cloudpickled into a submitit
     # job) spawned ranks could not unpickle it
     from ugs_d2 import train as this_module
+    from ugs_d2.config import resolve_device
 
     return launch_run(
         this_module.run, cfg.get("launcher", {}), (cfg, output_dir), "ugs-train",

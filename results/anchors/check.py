@@ -4,8 +4,10 @@
 """
 import json
 import sys
+
 import numpy as np
 import yaml
+
 from ugs_d2 import anchors as A
 
 root = sys.argv[1] if len(sys.argv) > 1 else "datasets/synth"
@@ -36,8 +38,10 @@ for name, anchors in [("detectron2 FPN defaults (32..512)", A.cell_anchor_wh(*d2
     print(f"| {name} | {t.fitness:.4f} | {t.bpr:.4f} | {t.anchors_per_target:.2f} | {v.fitness:.4f} | {v.bpr:.4f} |")
 
 from detectron2.modeling import build_model
+
 from ugs_d2.cli.validate import _compose
 from ugs_d2.config import to_detectron2_cfg
+
 d2cfg = to_detectron2_cfg(_compose(["+anchors=synth256", "device=cpu"]), num_classes=6)
 print("SIZES", d2cfg.MODEL.ANCHOR_GENERATOR.SIZES)
 print("ASPECT_RATIOS", d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)

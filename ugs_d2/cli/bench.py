@@ -710,8 +710,15 @@ def _parser() -> argparse.ArgumentParser:
         help="Hydra overrides of configs/ (as for ugs-train), e.g. model.input.max_size_train=128; "
              "applied to every preset; not ugs=... (use --presets) or device=... (use --device)",
     )
-    from ugs_d2.cli import bench_sahi  # here, not at the top: bench_sahi imports this module
-    from ugs_d2.cli import bench_anchors, bench_cocoeval, bench_help, bench_overfit, bench_tiling, bench_ur
+    from ugs_d2.cli import (
+        bench_anchors,
+        bench_cocoeval,
+        bench_help,
+        bench_overfit,
+        bench_sahi,  # here, not at the top: bench_sahi imports this module
+        bench_tiling,
+        bench_ur,
+    )
 
     bench_sahi.add_parser(sub)
     bench_cocoeval.add_parser(sub, PROG)

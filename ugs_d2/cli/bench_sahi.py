@@ -348,9 +348,10 @@ class _ForwardTimer:
 
 class _SahiRunner:
     def __init__(self, spec: Dict[str, Any]):
-        import ugs_d2.modeling  # noqa: F401  registers the UGS classes before SAHI builds the model
         from sahi.models.detectron2 import Detectron2DetectionModel
         from sahi.predict import LOW_MODEL_CONFIDENCE, get_sliced_prediction
+
+        import ugs_d2.modeling  # noqa: F401  registers the UGS classes before SAHI builds the model
 
         self._predict = get_sliced_prediction
         num_classes = spec["num_classes"]

@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import DatasetFromList, DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetFromList, DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import detection_utils as utils
-from detectron2.data import get_detection_dataset_dicts
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from detectron2.utils import comm

@@ -23,8 +23,8 @@ And the dataset step behind ``ugs-tile dataset`` and ``tiling.train.enabled``:
 """
 import hashlib
 import io
-import logging
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from contextlib import contextmanager

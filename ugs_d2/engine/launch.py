@@ -266,8 +266,9 @@ def _distributed_worker(
     backend: str,
     timeout: timedelta,
 ) -> None:
-    from ugs_d2 import compat
     from detectron2.utils import comm
+
+    from ugs_d2 import compat
 
     world_size = num_processes * num_machines
     rank = machine_rank * num_processes + local_rank

@@ -59,7 +59,6 @@ class CollectResults(Callback):
             return
         try:
             from ugs_d2.cli.results import FAILED_MARKER
-
             from ugs_d2.compat import job_return_value
 
             error = job_return_value(job_return)

@@ -19,10 +19,9 @@ import math
 from typing import Callable, Dict, List
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.layers import cat
 from detectron2.structures import Boxes
+from torch import Tensor, nn
 
 from ugs_d2.compat import dense_loss_normalizer, restore_dense_loss_normalizer
 

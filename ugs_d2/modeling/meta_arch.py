@@ -20,11 +20,10 @@ control).
 """
 from typing import Dict, List
 
-from torch import Tensor
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
+from torch import Tensor
 
 from ugs_d2.compat import forward_box
 

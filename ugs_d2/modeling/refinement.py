@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
-from torch import Tensor
-
 from detectron2.utils.events import EventStorage, get_event_storage
+from torch import Tensor
 
 from ..losses import UR_NORMS, adversarial_perturbation
 from .stage import ENTROPY_PREFIX

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from typing import Dict, List, Tuple
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import nonzero_tuple
 from detectron2.modeling.roi_heads import (
@@ -22,6 +20,7 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 from detectron2.structures import Instances
+from torch import Tensor, nn
 
 from ugs_d2.compat import forward_box
 

@@ -13,14 +13,13 @@ from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes
+from torch import Tensor, nn
 
 from .config import StageFromConfig, params_per_coordinate, validate_ugs_config
 from .stage import ENTROPY_PREFIX, BinLocalization

@@ -17,12 +17,11 @@ detectron2's; only the top-k locations' expected distances are decoded (always i
 ``[0, scale * a]``, so detectron2's ReLU is a no-op).
 """
 import torch
-from torch import Tensor
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes
+from torch import Tensor
 
 from ugs_d2.compat import fcos_labels_images_without_boxes, transpose_dense_predictions
 from ugs_d2.modeling.config import build_localization, stage_mode, validate_ugs_config

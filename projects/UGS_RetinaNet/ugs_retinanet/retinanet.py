@@ -22,11 +22,10 @@ Inference is detectron2's; only the top-k anchors' distributions are decoded.
 from typing import List
 
 import torch
-from torch import Tensor
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from torch import Tensor
 
 from ugs_d2.compat import transpose_dense_predictions
 from ugs_d2.modeling.config import build_localization, validate_ugs_config
