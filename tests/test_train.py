@@ -46,7 +46,7 @@ def test_ugs_train_writes_results_and_done_marker(tiny_dataset, tmp_path):
 def test_cli_rejects_unknown_key_in_one_line(tmp_path):
     proc = run_ugs_train(["schedule.max_iterr=3"], cwd=str(tmp_path))
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("ugs-train: unknown override key 'schedule.max_iterr'")
     assert "did you mean schedule.max_iter" in lines[-1]
 

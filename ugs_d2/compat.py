@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional
 
 __all__ = [
     "reset_checkpointer_load_state",
-    "DETECTRON2_VERSION",
-    "HAS_COMPILED_OPS",
+    "DETECTRON2_VERSION",  # noqa: F822 (module __getattr__: computed on first use)
+    "HAS_COMPILED_OPS",  # noqa: F822
     "describe_detectron2",
     "detectron2_build",
     "coco_evaluator_kwargs",

@@ -159,7 +159,7 @@ def describe_d2_config(config: Dict) -> str:
         losses = {"FCOS": "UGS bins" if bins else "FCOS's GIoU"}
     else:
         losses = {s: _stage_loss(config, s) for s in stages}
-    names = {s: l for s, l in losses.items() if l is not None}
+    names = {s: loss for s, loss in losses.items() if loss is not None}
     if not names:
         return "unknown"
     where = {"RPN": "RPN", "ROI": "ROI head", "RETINANET": "RetinaNet head", "FCOS": "FCOS head"}
@@ -168,8 +168,8 @@ def describe_d2_config(config: Dict) -> str:
         if len(names) > 1:
             text += " in " + " and ".join(where[s] for s in names)
     else:
-        text = "; ".join(f"{where[s]}: {l}" for s, l in names.items())
-    if any(l == "UGS bins" for l in names.values()):
+        text = "; ".join(f"{where[s]}: {loss}" for s, loss in names.items())
+    if any(loss == "UGS bins" for loss in names.values()):
         for key, label in (("UM_WEIGHT", "UM"), ("UR_WEIGHT", "UR")):
             weight = _d2_node(config, "MODEL", "UGS", key)
             if isinstance(weight, (int, float)) and weight > 0:

@@ -218,7 +218,7 @@ def _failure(job_dir: str) -> Optional[str]:
         for i, line in enumerate(lines):
             if any(p.search(line) for p in _ERROR_PATTERNS):
                 if "Traceback" in line:  # the exception line is the last non-indented line after it
-                    tail = [l for l in lines[i + 1:] if l and not l.startswith((" ", "\t"))]
+                    tail = [rest for rest in lines[i + 1:] if rest and not rest.startswith((" ", "\t"))]
                     return (tail[0] if tail else line).strip()[:200]
                 return line.strip()[:200]
     return None
