@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 # what setuptools reads to build (copied, so that the build leaves nothing in the checkout)
-BUILD_INPUTS = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "ugs_d2", "configs")
+BUILD_INPUTS = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "ugs_d2", "configs", "projects")
 
 
 def _yaml_files(top):
@@ -40,6 +40,7 @@ def test_wheel_carries_the_configs_and_runs_from_anywhere(tmp_path):
     shipped = sorted(n[len("ugs_d2/configs/"):] for n in names if n.startswith("ugs_d2/configs/") and n.endswith(".yaml"))
     assert shipped == _yaml_files(os.path.join(REPO, "configs"))  # every YAML, the layout kept
     assert "ugs_d2/configs/hydra/help/ugs_train.yaml" in names
+    assert {"ugs_retinanet/__init__.py", "ugs_fcos/__init__.py", "ugs_cascade/__init__.py"} <= set(names)
 
     site = tmp_path / "site"
     subprocess.run(
@@ -61,6 +62,12 @@ def test_wheel_carries_the_configs_and_runs_from_anywhere(tmp_path):
     assert job.returncode == 0, job.stderr[-2000:]
     assert "meta_architecture: GeneralizedRCNN" in job.stdout and "um_weight: 0.5" in job.stdout
     assert os.listdir(elsewhere) == []  # --cfg job only prints
+    project = subprocess.run(  # a project preset: found through the wheel's ugs_d2.projects entry point
+        [sys.executable, "-m", "ugs_d2.train", "--cfg", "job", "model=fcos_r18_fpn", "ugs=full"],
+        capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300,
+    )
+    assert project.returncode == 0, project.stderr[-2000:]
+    assert "project: UGS_FCOS" in project.stdout
 
 
 def test_source_checkout_falls_back_to_its_configs():

@@ -112,7 +112,7 @@ def project_of(config_file: str, opts: Sequence[str]) -> str:
     ``projects/NAME/configs/`` (each project's configs go with its package, as in detectron2)."""
     from detectron2.config import CfgNode
 
-    from ugs_d2.projects import registered_projects
+    from ugs_d2.projects import get_project
 
     given = _opts_value(opts, "UGS_PROJECT")
     if given is not None:
@@ -122,8 +122,11 @@ def project_of(config_file: str, opts: Sequence[str]) -> str:
         if chained.get("UGS_PROJECT"):
             return str(chained["UGS_PROJECT"])
         parts = os.path.abspath(config_file).split(os.sep)  # .../NAME/configs/FILE.yaml
-        if len(parts) >= 3 and parts[-2] == "configs" and parts[-3] in registered_projects():
-            return parts[-3]
+        if len(parts) >= 3 and parts[-2] == "configs":
+            try:
+                return get_project(parts[-3]).name  # a folder named after a registered project
+            except LookupError:
+                pass
     return ""
 
 
