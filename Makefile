@@ -34,7 +34,7 @@ $(VENV)/.install-request: FORCE
 FORCE:
 
 # Re-run the installer when what it installs changes; it skips what is already there.
-$(VENV)/.installed: launch/install.sh launch/requirements.txt launch/constraints.txt launch/detectron2_fallback.py setup.cfg pyproject.toml $(VENV)/.install-request
+$(VENV)/.installed: launch/install.sh launch/requirements.txt launch/constraints.txt launch/detectron2_fallback.py setup.cfg setup.py pyproject.toml $(VENV)/.install-request
 	bash launch/install.sh
 	touch $@
 
