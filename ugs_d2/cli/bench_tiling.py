@@ -163,15 +163,15 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
 def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: float, loads: List[float]) -> str:
     s = outcome["setup"]
     width, height = s["size"]
+    tiles = (f"per model (its own tiling.tile if trained on tiles, else {DEFAULT_TILE} px)"
+             if s["tile"] is None else f"{s['tile']} px")
     lines = ["# Large scenes: whole image vs tiles vs tiles + whole image", "", "```", command, "```", "",
              f"Started {started}, took {wall_s:.0f} s"
              + (f"; load average {loads[0]:.2f} -> {loads[-1]:.2f}" if loads else "") + ".", "",
              f"- scenes: {s['num_images']} synthetic {width}x{height} images (grids of 256 px embedded scenes, seed "
              f"{s['seed']}), {s['gt_per_image']:.0f} objects per image, {100 * s['share_under_16']:.0f}% under 16 px "
              f"(sqrt of area), {100 * s['share_under_8']:.0f}% under 8 px",
-             f"- tiles "
-             f"""{'per model (its own tiling.tile if trained on tiles, else ' + str(DEFAULT_TILE) + ' px)'
-                  if s['tile'] is None else str(s['tile']) + ' px'}"""
+             f"- tiles {tiles}"
              f", overlap {s['overlap']} unless the model's own, NMS/IoU 0.5; whole-image pass at "
              f"{'the model test size' if s['whole_size'] is None else s['whole_size']}; "
              f"COCOeval maxDets {s['max_dets']}; device {s['device']}", "",
