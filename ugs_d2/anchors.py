@@ -516,7 +516,8 @@ def evolve(
     return LevelAnchors(sizes=sizes, ratios=ratios, served=start.served.copy(), history=history)
 
 
-def round_anchors(anchors: LevelAnchors, strides: np.ndarray, size_decimals: int = 1, ratio_decimals: int = 3) -> LevelAnchors:
+def round_anchors(anchors: LevelAnchors, strides: np.ndarray, size_decimals: int = 1,
+                  ratio_decimals: int = 3) -> LevelAnchors:
     """Sorted, rounded parameters as they are written to the override file (sizes stay inside
     the level ranges after rounding)."""
     lo, hi = level_ranges(strides)
@@ -766,8 +767,8 @@ class GridBoxes:
     def build(cls, boxes: np.ndarray, image_hw: np.ndarray, strides: np.ndarray, offset: float = D2_OFFSET,
               size_divisibility: int = SIZE_DIVISIBILITY) -> "GridBoxes":
         strides = np.asarray(strides, dtype=np.float64)
-        return cls(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), grid_shapes(image_hw, strides, size_divisibility),
-                   strides, float(offset))
+        return cls(np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                   grid_shapes(image_hw, strides, size_divisibility), strides, float(offset))
 
     def subset(self, index: np.ndarray) -> "GridBoxes":
         return GridBoxes(self.boxes[index], self.grid[index], self.strides, self.offset)
@@ -857,7 +858,8 @@ def grid_counts(gb: GridBoxes, level_wh: Sequence[np.ndarray], thr: float) -> np
                     k = near[idx, axis, None] + steps[None, :]
                     valid = (k >= 0) & (k < size_xy[idx, axis, None])
                     c = (k + gb.offset) * stride
-                    o = np.minimum(c + extent / 2.0, boxes[idx, axis + 2, None]) - np.maximum(c - extent / 2.0, boxes[idx, axis, None])
+                    o = (np.minimum(c + extent / 2.0, boxes[idx, axis + 2, None])
+                         - np.maximum(c - extent / 2.0, boxes[idx, axis, None]))
                     overlaps.append(np.clip(o, 0.0, None) * valid)
                 inter = overlaps[0][:, :, None] * overlaps[1][:, None, :]
                 union = (bw[idx] * bh[idx] + aw * ah)[:, None, None] - inter

@@ -160,8 +160,8 @@ def to_detectron2_cfg(
     d2.GRADVAR, d2.UGS_EVAL = CfgNode(), CfgNode()
     d2.TILING = CfgNode({"TRAIN": CfgNode(), "TEST": CfgNode()})
     defaults = _flat(d2)
-    rows = [*BRIDGE, *(RCNN_BRIDGE if rcnn else ()),
-            *(TILING_BRIDGE if typed.tiling is not None else ()), *(AUGMENT_BRIDGE if typed.augment is not None else ())]
+    rows = [*BRIDGE, *(RCNN_BRIDGE if rcnn else ()), *(TILING_BRIDGE if typed.tiling is not None else ()),
+            *(AUGMENT_BRIDGE if typed.augment is not None else ())]
     _apply_rows(d2, typed, rows)
     for key, value in FIXED + (RCNN_FIXED if rcnn else ()):
         _set(d2, key, value)

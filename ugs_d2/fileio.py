@@ -14,7 +14,8 @@ import os
 import tempfile
 from typing import IO, Any, Callable, Iterator
 
-__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "atomic_open", "write_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "atomic_open", "write_atomic", "write_text_atomic",
+           "write_json_atomic"]
 
 # Temporary files start with this and never end in the target's name, so globs for
 # checkpoints (``*.pth``) or results never pick one up.

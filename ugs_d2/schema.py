@@ -417,7 +417,8 @@ def _increasing_positive(v: Sequence[int]) -> bool:
 def lists_of_numbers(v: Any) -> bool:
     """``[[8], [16, 20.5]]``: a list of non-empty lists of (non-boolean) numbers."""
     return isinstance(v, list) and all(
-        isinstance(level, list) and level and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in level)
+        isinstance(level, list) and level
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in level)
         for level in v
     )
 

@@ -44,10 +44,13 @@ def _model_presets() -> List[str]:
 
 def _number_lists(value: Any, what: str) -> List[List[float]]:
     """A list of numbers (one list, detectron2's broadcast) or a list of lists -> list of lists."""
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
         value = [value]
     if not (isinstance(value, list) and value and all(
-        isinstance(row, list) and row and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in row)
+        isinstance(row, list) and row
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in row)
         for row in value
     )):
         raise AnchorsError(f"{what}: expected a list of positive numbers or a list of such lists, got {value!r}")
@@ -111,10 +114,12 @@ def format_lists(rows: Sequence[Sequence[float]], sep: str = ", ") -> str:
 
 def format_overrides(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]) -> List[str]:
     """The ``ugs-train`` command-line overrides (no spaces: one shell word each)."""
-    return [f"model.anchors.sizes={format_lists(sizes, ',')}", f"model.anchors.aspect_ratios={format_lists(ratios, ',')}"]
+    return [f"model.anchors.sizes={format_lists(sizes, ',')}",
+            f"model.anchors.aspect_ratios={format_lists(ratios, ',')}"]
 
 
-def render_override_file(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]], comments: Sequence[str]) -> str:
+def render_override_file(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]],
+                         comments: Sequence[str]) -> str:
     """The Hydra override file: ``# @package model.anchors`` first, then comments and the keys."""
     lines = ["# @package model.anchors"] + [f"# {c}" for c in comments]
     lines += ["# sizes: sqrt(w*h) in input pixels, one list per FPN level; aspect_ratios: height / width",
@@ -124,9 +129,10 @@ def render_override_file(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequ
 
 def _metrics_lines(label: str, m: A.AnchorMetrics, thr: float) -> List[str]:
     return [
-        f"{label}: thr={1.0 / thr:.2f}: {m.anchors_per_target:.2f} anchors/target, {m.bpr:.4f} Best Possible Recall (BPR), "
-        f"fitness {m.fitness:.4f}",
-        f"    n={m.num_anchors}, metric_all={m.metric_mean:.3f}/{m.best_mean:.3f}-mean/best, past_thr={m.past_thr_mean:.3f}-mean",
+        f"{label}: thr={1.0 / thr:.2f}: {m.anchors_per_target:.2f} anchors/target, {m.bpr:.4f} Best Possible "
+        f"Recall (BPR), fitness {m.fitness:.4f}",
+        f"    n={m.num_anchors}, metric_all={m.metric_mean:.3f}/{m.best_mean:.3f}-mean/best, "
+        f"past_thr={m.past_thr_mean:.3f}-mean",
     ]
 
 
@@ -161,28 +167,32 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("json", metavar="DATASET_JSON", help="COCO json (the training split)")
-    parser.add_argument("--levels", default="p2..p6", help="FPN levels, pA..pB or p2,p3,...; stride of pN = 2^N (default p2..p6, "
+    parser.add_argument("--levels", default="p2..p6",
+                        help="FPN levels, pA..pB or p2,p3,...; stride of pN = 2^N (default p2..p6, "
                         "what this project's models use)")
     parser.add_argument("--per-level", type=int, default=3, metavar="N", help="anchors per level (default 3)")
-    parser.add_argument("--layout", default="auto", help="SIZESxRATIOS per level, e.g. 3x1 or 1x3 (default auto: try each, keep the fittest)")
+    parser.add_argument("--layout", default="auto",
+                        help="SIZESxRATIOS per level, e.g. 3x1 or 1x3 (default auto: try each, keep the fittest)")
     parser.add_argument("--input-size", type=int, nargs="+", metavar="SIZE",
                         help="MIN [MAX]: detectron2's ResizeShortestEdge (shorter side MIN, longer side at most MAX, "
                         "default no cap); default: the --base preset's test size")
     parser.add_argument("--base", default="tiny_r18_fpn",
                         help="the anchors to compare with: a configs/model preset (default tiny_r18_fpn), detectron2 "
-                        "(its FPN defaults: 8 x stride, ratios 0.5,1,2, 800/1333), or sizes like '[[8],[16],[32],[64],[128]]' "
-                        "(a flat list is used on every level, as detectron2 does)")
-    parser.add_argument("--base-ratios", default=None, help="aspect ratios for explicit --base sizes (default [[0.5,1.0,2.0]])")
+                        "(its FPN defaults: 8 x stride, ratios 0.5,1,2, 800/1333), or sizes like "
+                        "'[[8],[16],[32],[64],[128]]' (a flat list is used on every level, as detectron2 does)")
+    parser.add_argument("--base-ratios", default=None,
+                        help="aspect ratios for explicit --base sizes (default [[0.5,1.0,2.0]])")
     parser.add_argument("--generations", type=int, default=1000, help="evolution generations per layout (default 1000)")
-    parser.add_argument("--thr", type=float, default=A.DEFAULT_THR, help="YOLOv5 anchor_t: a side may be up to thr x off (default 4)")
+    parser.add_argument("--thr", type=float, default=A.DEFAULT_THR,
+                        help="YOLOv5 anchor_t: a side may be up to thr x off (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="k-means and evolution seed (default 0)")
     parser.add_argument("--out", default=None, metavar="FILE.yaml",
-                        help="override file (default <json stem>_anchors.yaml next to the json); in configs/anchors/ it is "
-                        "usable as ugs-train +anchors=<stem>")
+                        help="override file (default <json stem>_anchors.yaml next to the json); in configs/anchors/ "
+                        "it is usable as ugs-train +anchors=<stem>")
     parser.add_argument("--objective", choices=["grid", "ratio"], default="grid",
                         help="what the evolution maximises: grid (default): detectron2's matching, the share of boxes "
-                        "whose best anchor on its level's real grid (stride, --anchor-offset) reaches IoU --iou, with no "
-                        "size bucket below detectron2's defaults; ratio: YOLOv5's ratio fitness (--thr)")
+                        "whose best anchor on its level's real grid (stride, --anchor-offset) reaches IoU --iou, with "
+                        "no size bucket below detectron2's defaults; ratio: YOLOv5's ratio fitness (--thr)")
     parser.add_argument("--iou", type=float, default=A.DEFAULT_IOU,
                         help="grid objective: the RPN matcher's positive IoU threshold (default 0.7, detectron2's)")
     parser.add_argument("--anchor-offset", type=float, default=A.D2_OFFSET,
@@ -219,7 +229,8 @@ def _check_args(args: argparse.Namespace) -> Tuple[List[str], Tuple[Optional[int
     size: Tuple[Optional[int], Optional[int]] = (None, None)
     if args.input_size is not None:
         if len(args.input_size) > 2 or any(v < 1 for v in args.input_size):
-            raise AnchorsError(f"--input-size: expected MIN [MAX], positive integers, got {' '.join(map(str, args.input_size))}")
+            raise AnchorsError("--input-size: expected MIN [MAX], positive integers, got "
+                               f"{' '.join(map(str, args.input_size))}")
         size = (args.input_size[0], args.input_size[1] if len(args.input_size) == 2 else sys.maxsize)
         if size[1] < size[0]:
             raise AnchorsError(f"--input-size: MAX {size[1]} is smaller than MIN {size[0]}")
@@ -253,7 +264,8 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
 
     cap = "no cap" if max_size == sys.maxsize else f"<= {max_size}"
     print_line(f"[{PROG}] {args.json}: {len(wh)} boxes at input scale (shorter side {min_size}, longer side {cap}); "
-               f"levels {','.join(levels)} (strides {', '.join(f'{s:g}' for s in strides)}), {args.per_level} anchors per level")
+               f"levels {','.join(levels)} (strides {', '.join(f'{s:g}' for s in strides)}), "
+               f"{args.per_level} anchors per level")
     left_out = {k: v for k, v in skipped.items() if v}
     if left_out:
         print_line(f"WARNING: {sum(left_out.values())} annotations left out: "
@@ -302,8 +314,8 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
             f"{', no bucket below detectron2 defaults' if not args.no_floor else ''})" if args.objective == "grid"
             else f"YOLOv5's ratio fitness (thr {args.thr:g})")
     print_line(f"Running k-means for {args.per_level} anchors per level on {fit_points} points, then evolving "
-               f"{args.generations} generations per layout ({', '.join(f'{a}x{b}' for a, b in layouts)} sizes x ratios) "
-               f"on {what}...")
+               f"{args.generations} generations per layout ({', '.join(f'{a}x{b}' for a, b in layouts)} sizes x "
+               f"ratios) on {what}...")
     try:
         learned = A.learn_anchors(wh, strides, args.per_level, args.thr, args.generations, args.seed,
                                   candidate_layouts=layouts, progress_factory=progress_factory,
@@ -316,13 +328,14 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
         label = (f"{key[0]} size(s) x {key[1]} ratio(s) per level: k-means" if key != "floor"
                  else "start on detectron2's defaults (the floor):")
         print_line(f"  {label} fitness {learned.start_fitness[key]:.4f}, after {args.generations} generations "
-                   f"(rounded as written) {learned.final_fitness[key]:.4f}" + (" <- kept" if key == learned.start else ""))
+                   f"(rounded as written) {learned.final_fitness[key]:.4f}"
+                   + (" <- kept" if key == learned.start else ""))
     if learned.floor_levels:
         print_line(f"  floor check: {', '.join(levels[i] for i in learned.floor_levels)} set to detectron2's default "
                    "anchors of the level (a size bucket was below detectron2's defaults)")
     if learned.deficit:
-        print_line(f"WARNING: {learned.deficit} box(es) short of detectron2's defaults in some size bucket; no fallback "
-                   f"exists for --per-level {args.per_level} (needs a multiple of 3)")
+        print_line(f"WARNING: {learned.deficit} box(es) short of detectron2's defaults in some size bucket; no "
+                   f"fallback exists for --per-level {args.per_level} (needs a multiple of 3)")
     final, (n_sizes, n_ratios) = learned.anchors, learned.layout
     sizes, ratios = learned.sizes, learned.ratios
     after = A.anchor_metrics(wh, A.cell_anchor_wh(sizes, ratios), args.thr)
@@ -351,8 +364,8 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
         print_line(line)
     if args.objective == "grid":
         if after.fitness < before.fitness:
-            print_line(f"note: YOLOv5's ratio fitness is lower than the base's ({before.fitness:.4f} > {after.fitness:.4f}); "
-                       "the grid objective does not maximise it")
+            print_line(f"note: YOLOv5's ratio fitness is lower than the base's ({before.fitness:.4f} > "
+                       f"{after.fitness:.4f}); the grid objective does not maximise it")
     elif after.fitness < before.fitness:
         print_line(f"WARNING: the base anchors fit better ({before.fitness:.4f} > {after.fitness:.4f}); keep them")
     grid_after = grid_rows[-1][1]
@@ -360,7 +373,8 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
     comments = [
         f"Learned by {PROG} from {args.json} at input size {min_size} (longer side {cap}), levels "
         f"{','.join(levels)}, objective {args.objective}"
-        + (f" (IoU {args.iou:g}, offset {args.anchor_offset:g})" if args.objective == "grid" else f" (thr {args.thr:g})")
+        + (f" (IoU {args.iou:g}, offset {args.anchor_offset:g})" if args.objective == "grid"
+           else f" (thr {args.thr:g})")
         + f", seed {args.seed}, {args.generations} generations.",
         f"grid recall@{args.iou:g} {grid_rows[0][1].recall[args.iou]:.4f} -> {grid_after.recall[args.iou]:.4f}, "
         f"BPR {before.bpr:.4f} -> {after.bpr:.4f}, ratio fitness {before.fitness:.4f} -> {after.fitness:.4f} "
@@ -400,11 +414,12 @@ def grid_table(rows: Sequence[Tuple[str, A.GridMetrics, A.AnchorMetrics]], thr: 
     for name, g, _ in rows:
         for t in sorted(g.recall):
             cells = " | ".join("-" if math.isnan(v) else f"{v:.3f}" for v in g.bucket_recall[t])
-            lines.append(f"| {name} | {t:g} | {g.recall[t]:.3f} | {cells} | {g.anchors_per_gt[t]:.2f} | {g.mean_best_iou:.3f} |")
+            lines.append(f"| {name} | {t:g} | {g.recall[t]:.3f} | {cells} | {g.anchors_per_gt[t]:.2f} | "
+                         f"{g.mean_best_iou:.3f} |")
     lines.append("")
     for name, _, m in rows:
-        lines.append(f"{name}: thr={1.0 / thr:.2f}: {m.anchors_per_target:.2f} anchors/target, {m.bpr:.4f} Best Possible "
-                     f"Recall (BPR), ratio fitness {m.fitness:.4f}")
+        lines.append(f"{name}: thr={1.0 / thr:.2f}: {m.anchors_per_target:.2f} anchors/target, {m.bpr:.4f} Best "
+                     f"Possible Recall (BPR), ratio fitness {m.fitness:.4f}")
     return lines
 
 

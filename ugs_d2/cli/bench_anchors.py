@@ -96,8 +96,8 @@ def bench_one(name: str, coco: Dict[str, Any], input_size: int, generations: int
              if rows[-1][1].bucket_covered[t][b] < floor.bucket_covered[t][b]]
     return {"name": name, "boxes": len(wh), "input_size": input_size, "rows": rows, "below_floor": below,
             "grid": grid_fit, "ratio": ratio_fit, "yolo": yolo,
-            "free": free_fit, "times": {"grid": (grid_s, grid_cpu), "ratio": (ratio_s, ratio_cpu), "yolo": (yolo_s, yolo_cpu),
-                                        "free": (free_s, free_cpu)},
+            "free": free_fit, "times": {"grid": (grid_s, grid_cpu), "ratio": (ratio_s, ratio_cpu),
+                                        "yolo": (yolo_s, yolo_cpu), "free": (free_s, free_cpu)},
             "layouts": {"grid": len(grid_fit.final_fitness), "ratio": len(ratio_fit.final_fitness),
                         "free": len(free_fit.final_fitness)}}
 
@@ -113,7 +113,8 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
 
     g, iou = outcome["generations"], outcome["iou"]
     lines = ["# Anchors: detectron2 matching (grid IoU) vs YOLOv5's ratio objective", "", "```", command, "```", "",
-             f"Started {started}, took {wall_s:.0f} s" + (f"; load average {loads[0]:.2f} -> {loads[-1]:.2f}" if loads else "")
+             f"Started {started}, took {wall_s:.0f} s"
+             + (f"; load average {loads[0]:.2f} -> {loads[-1]:.2f}" if loads else "")
              + f". Seed {outcome['seed']}, {g} generations per evolution, positive IoU {iou:g}, anchor offset "
              f"{A.D2_OFFSET:g}, inputs padded to multiples of {A.SIZE_DIVISIBILITY}.", ""]
     for r in outcome["results"]:
@@ -126,18 +127,20 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
                   f"{format_lists(fit.ratios, ',')}; levels reset to detectron2 defaults by the floor check: "
                   f"{', '.join(LEVELS[i] for i in fit.floor_levels) or 'none'}; buckets below detectron2 defaults "
                   f"after it: {', '.join(f'{b} at {t:g}' for b, t in r['below_floor']) or 'none'}."]
-        lines += ["", "| fit | evolutions | generations each | wall s | CPU s | wall per evolution of 1000 generations | "
-                  "vs YOLOv5-style | CPU s per evolution of 1000 generations | vs YOLOv5-style (CPU) |",
+        lines += ["", "| fit | evolutions | generations each | wall s | CPU s | wall per evolution of 1000 "
+                  "generations | vs YOLOv5-style | CPU s per evolution of 1000 generations | vs YOLOv5-style (CPU) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         ycpu = t["yolo"][1] * 1000.0 / max(g, 1)
-        for label, key in [("ugs-anchors --objective grid", "grid"), ("ugs-anchors --objective grid --no-floor", "free"),
+        for label, key in [("ugs-anchors --objective grid", "grid"),
+                           ("ugs-anchors --objective grid --no-floor", "free"),
                            ("ugs-anchors --objective ratio", "ratio"), ("YOLOv5-style k-means + evolution", "yolo")]:
             (s, c), n = t[key], n_evo.get(key, 1)
             per = s / n * 1000.0 / max(g, 1)
             yper = ys * 1000.0 / max(g, 1)
             cper = c / n * 1000.0 / max(g, 1)
             lines.append(f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | {per / yper:.2f}x | {cper:.2f} | "
-                         f"{cper / ycpu:.2f}x |" if ycpu > 0 else f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | "
+                         f"{cper / ycpu:.2f}x |" if ycpu > 0
+                         else f"| {label} | {n} | {g} | {s:.2f} | {c:.2f} | {per:.2f} | "
                          f"{per / yper:.2f}x | {cper:.2f} | n/a |")
         lines.append("")
     lines += [
@@ -146,16 +149,18 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         "feature map (stride, offset), computed exactly from the nearest grid position per anchor shape "
         "(`ugs_d2.anchors.grid_iou`; tests/test_anchors.py checks it against detectron2's generator + `pairwise_iou`). "
         "A box is covered at IoU t when its best anchor reaches t; detectron2's RPN matcher also makes each box's best "
-        "anchor a positive below 0.7 (`allow_low_quality_matches`), so recall@0.7 counts the boxes with a *good* positive.",
+        "anchor a positive below 0.7 (`allow_low_quality_matches`), so recall@0.7 counts the boxes with a "
+        "*good* positive.",
         "- anchors/GT >= IoU: mean number of anchors (all positions, all levels) at IoU >= t per box.",
         "- BPR line: YOLOv5's ratio test (no side more than 4x off), for comparison only.",
-        "- YOLOv5-style: k-means of 15 free (w, h) on whitened sizes, then evolution of all 30 values under YOLOv5's ratio "
-        "fitness (`ugs_d2.anchors.yolov5_style_anchors`, a reimplementation; yolov5 itself is not installed), sliced 3 per "
-        "level by area. Free (w, h) do not fit detectron2's sizes x ratios per level; the grid numbers use them as they are.",
+        "- YOLOv5-style: k-means of 15 free (w, h) on whitened sizes, then evolution of all 30 values under YOLOv5's "
+        "ratio fitness (`ugs_d2.anchors.yolov5_style_anchors`, a reimplementation; yolov5 itself is not installed), "
+        "sliced 3 per level by area. Free (w, h) do not fit detectron2's sizes x ratios per level; the grid numbers "
+        "use them as they are.",
         "- ugs-anchors evolves every layout of 3 anchors per level (1x3 and 3x1) from its k-means start, and with the "
         "floor once more from detectron2's defaults (3 evolutions; 2 without the floor or with the ratio objective); "
-        "the per-evolution column is comparable with YOLOv5-style's single evolution. The `vs YOLOv5-style` columns are "
-        "time ratios (> 1: slower than YOLOv5-style); CPU time is the steadier one on a shared machine.",
+        "the per-evolution column is comparable with YOLOv5-style's single evolution. The `vs YOLOv5-style` columns "
+        "are time ratios (> 1: slower than YOLOv5-style); CPU time is the steadier one on a shared machine.",
         "- The floor: no size bucket, at IoU 0.5 or 0.7, may end with fewer covered boxes than detectron2's defaults "
         "(a deficit of one box outweighs any recall gain in the fitness; after rounding, levels are reset to "
         "detectron2's default anchors of the level until no bucket is short, `ugs_d2.anchors.enforce_floor`). "
@@ -179,7 +184,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-skewed", action="store_true", help="leave out the generated skewed box set")
     parser.add_argument("--skewed-boxes", type=int, default=20_000, help="boxes of the skewed set (default 20000)")
     parser.add_argument("--generations", type=int, default=1000, help="generations per evolution (default 1000)")
-    parser.add_argument("--iou", type=float, default=A.DEFAULT_IOU, help="positive IoU of the grid objective (default 0.7)")
+    parser.add_argument("--iou", type=float, default=A.DEFAULT_IOU,
+                        help="positive IoU of the grid objective (default 0.7)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the skewed set, k-means and evolution (default 0)")
     parser.add_argument("--out", default=os.path.join("results", "anchors", "benchmark.md"),
                         help="markdown report, written atomically (default results/anchors/benchmark.md)")

@@ -364,7 +364,8 @@ class _SahiRunner:
         self.timer = _ForwardTimer(self.model.model.model, spec["device"] == "cuda")
         self.model.model.model = self.timer
         self.kwargs = sahi_call_kwargs(spec["variant"], spec["tile"], spec["overlap"], spec["batch_size"])
-        postprocess = (self.kwargs.get("postprocess_type", "GREEDYNMM"), self.kwargs.get("postprocess_match_metric", "IOS"))
+        postprocess = (self.kwargs.get("postprocess_type", "GREEDYNMM"),
+                       self.kwargs.get("postprocess_match_metric", "IOS"))
         if spec["score_thresh"] < LOW_MODEL_CONFIDENCE and postprocess[0] != "NMS":
             postprocess = ("NMS", "IOU")  # what get_sliced_prediction switches to on its own
         self.effective_postprocess = f"{postprocess[0]}/{postprocess[1]}"
@@ -790,7 +791,8 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
     }
     if FAST in outcome["variants"]:
         settings[FAST] = (f"as ours with TiledPredictor's defaults: {outcome['variants'][FAST]} tile(s) per forward, "
-                          + ("optimized inference copy (BN folded, channels-last, 1x1 heads as GEMMs), " if not cuda else "")
+                          + ("optimized inference copy (BN folded, channels-last, 1x1 heads as GEMMs), "
+                             if not cuda else "")
                           + "inference_mode")
     for variant in outcome["variants"]:
         if variant not in settings:

@@ -40,7 +40,8 @@ def scene_coco(scenes: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]], num_
     category ids ``class + 1``."""
     images, annotations = [], []
     for i, (image, boxes, classes) in enumerate(scenes, start=1):
-        images.append({"id": i, "file_name": f"scene_{i}.png", "height": int(image.shape[0]), "width": int(image.shape[1])})
+        images.append({"id": i, "file_name": f"scene_{i}.png", "height": int(image.shape[0]),
+                       "width": int(image.shape[1])})
         for (x0, y0, x1, y1), c in zip(boxes.tolist(), classes.tolist()):
             w, h = x1 - x0, y1 - y0
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c) + 1,
@@ -120,7 +121,8 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
         trained_on_tiles = bool(tiling is not None and tiling.TRAIN.ENABLED)
         run_tile, run_overlap = tile, overlap
         if tile is None:  # a model trained on tiles gets its own tiles, others DEFAULT_TILE
-            run_tile, run_overlap = ((int(tiling.TILE), float(tiling.OVERLAP)) if trained_on_tiles else (DEFAULT_TILE, overlap))
+            run_tile, run_overlap = ((int(tiling.TILE), float(tiling.OVERLAP)) if trained_on_tiles
+                                     else (DEFAULT_TILE, overlap))
         for mode in MODES:
             predictor = None
             if mode != "whole":
@@ -161,18 +163,20 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
 def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: float, loads: List[float]) -> str:
     s = outcome["setup"]
     width, height = s["size"]
+    tiles = (f"per model (its own tiling.tile if trained on tiles, else {DEFAULT_TILE} px)"
+             if s["tile"] is None else f"{s['tile']} px")
     lines = ["# Large scenes: whole image vs tiles vs tiles + whole image", "", "```", command, "```", "",
-             f"Started {started}, took {wall_s:.0f} s" + (f"; load average {loads[0]:.2f} -> {loads[-1]:.2f}" if loads else "")
-             + ".", "",
+             f"Started {started}, took {wall_s:.0f} s"
+             + (f"; load average {loads[0]:.2f} -> {loads[-1]:.2f}" if loads else "") + ".", "",
              f"- scenes: {s['num_images']} synthetic {width}x{height} images (grids of 256 px embedded scenes, seed "
              f"{s['seed']}), {s['gt_per_image']:.0f} objects per image, {100 * s['share_under_16']:.0f}% under 16 px "
              f"(sqrt of area), {100 * s['share_under_8']:.0f}% under 8 px",
-             f"- tiles {'per model (its own tiling.tile if trained on tiles, else ' + str(DEFAULT_TILE) + ' px)' if s['tile'] is None else str(s['tile']) + ' px'}"
+             f"- tiles {tiles}"
              f", overlap {s['overlap']} unless the model's own, NMS/IoU 0.5; whole-image pass at "
-             f"{'the model test size' if s['whole_size'] is None else s['whole_size']}; COCOeval maxDets {s['max_dets']}; "
-             f"device {s['device']}", "",
-             "| model | trained on tiles | mode | tiles | AP | AP50 | APs | APvt (<8 px) | APt (8-16 px) | detections/image "
-             "| s/image | CPU s/image |",
+             f"{'the model test size' if s['whole_size'] is None else s['whole_size']}; "
+             f"COCOeval maxDets {s['max_dets']}; device {s['device']}", "",
+             "| model | trained on tiles | mode | tiles | AP | AP50 | APs | APvt (<8 px) | APt (8-16 px) "
+             "| detections/image | s/image | CPU s/image |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in outcome["rows"]:
         m = r["metrics"]
@@ -180,11 +184,11 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         tiles = "-" if r["tile"] is None else f"{r['tile'][0]} px, overlap {r['tile'][1]:g}"
         lines.append(f"| {r['run']} | {'yes' if r['trained_on_tiles'] else 'no'} | {r['mode']} | {tiles} | {cells} | "
                      f"{r['detections_per_image']:.0f} | {r['s_per_image']:.2f} | {r['cpu_s_per_image']:.2f} |")
-    lines += ["", "AP values in percent (COCO, pooled over classes); APvt/APt: AI-TOD's area ranges. s/image: median wall "
-              "time of one call (image array in, detections out); CPU s/image: this process's CPU time over it (steadier "
-              "on a shared machine). Every mode keeps at most maxDets detections per image; the whole-image pass gets that "
-              "budget too (`whole_image_budget`: ROI heads' top-k and the RPN's test proposals raised for the call), the "
-              "tiles keep the model's own per-forward budget and are capped after merging."]
+    lines += ["", "AP values in percent (COCO, pooled over classes); APvt/APt: AI-TOD's area ranges. s/image: median "
+              "wall time of one call (image array in, detections out); CPU s/image: this process's CPU time over it "
+              "(steadier on a shared machine). Every mode keeps at most maxDets detections per image; the whole-image "
+              "pass gets that budget too (`whole_image_budget`: ROI heads' top-k and the RPN's test proposals raised "
+              "for the call), the tiles keep the model's own per-forward budget and are capped after merging."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +201,8 @@ def _parse_size(text: str) -> Tuple[int, int]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``tiling`` on ``ugs-bench``'s subcommands."""
     parser = subparsers.add_parser(
-        "tiling", help="large synthetic scenes: whole image vs tiled vs tiled+full, per model (AP, APs, tiny buckets, time)",
+        "tiling",
+        help="large synthetic scenes: whole image vs tiled vs tiled+full, per model (AP, APs, tiny buckets, time)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
         epilog=("examples:\n"
@@ -205,16 +210,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                 "  ugs-bench tiling --run m=RUN --images 1 --size 1024x768 --out /tmp/t.md"),
     )
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
-                        help="a ugs-train run directory (detectron2_config.yaml + model_final.pth) and its label; repeatable")
+                        help="a ugs-train run directory (detectron2_config.yaml + model_final.pth) and its label; "
+                        "repeatable")
     parser.add_argument("--images", type=int, default=4, help="number of scenes (default 4)")
     parser.add_argument("--size", default="3000x2000", help="scene size WIDTHxHEIGHT (default 3000x2000)")
     parser.add_argument("--tile", type=int, default=None,
-                        help="tile side in px for every model (default: a model trained on tiles uses its own tiling.tile "
-                        "and overlap, the others 512)")
+                        help="tile side in px for every model (default: a model trained on tiles uses its own "
+                        "tiling.tile and overlap, the others 512)")
     parser.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default 0.2)")
     parser.add_argument("--whole-size", default=None, metavar="MIN,MAX",
                         help="test resize of the whole-image pass (default: each model's test size)")
-    parser.add_argument("--max-dets", type=int, default=3000, help="COCOeval maxDets and detections kept per image (default 3000)")
+    parser.add_argument("--max-dets", type=int, default=3000,
+                        help="COCOeval maxDets and detections kept per image (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument("--out", default=os.path.join("results", "tiling", "large_images.md"),

@@ -211,7 +211,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines.append(", ".join(f"{counts[a]} {a}" for a in ("kept", "dropped", "renamed", "merged")))
     w = max([len("class")] + [len(str(r["name"])) for r in rows])
     v = max([len("new class")] + [len(str(r["new_name"] or "-")) for r in rows])
-    lines.append(f"{'id':>6}  {'class':<{w}}  {'action':<8}  {'new id':>6}  {'new class':<{v}}  {'boxes':>7}  {'new class boxes':>15}")
+    lines.append(f"{'id':>6}  {'class':<{w}}  {'action':<8}  {'new id':>6}  {'new class':<{v}}  "
+                 f"{'boxes':>7}  {'new class boxes':>15}")
     after = {c["id"]: c["annotations"] for c in summary["result"]}
     for r in rows:
         new_id = "-" if r["new_id"] is None else str(r["new_id"])

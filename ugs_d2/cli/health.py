@@ -279,7 +279,8 @@ def render_markdown(report: Mapping[str, Any], title: str = "Dataset health", fi
         "|---:|---|---:|---:|---:|",
     ]
     for row in r["per_class"]:
-        lines.append(f"| {row['id']} | {row['name']} | {row['boxes']} | {_share(row['boxes'], n_ann)} | {row['images']} |")
+        lines.append(f"| {row['id']} | {row['name']} | {row['boxes']} | {_share(row['boxes'], n_ann)} | "
+                     f"{row['images']} |")
     sides = np.array(r["box_sides"], dtype=np.float64)
     lines += ["", "## Box sizes", ""]
     if len(sides):
@@ -321,7 +322,8 @@ def plot_class_counts(report: Mapping[str, Any], path: str, title: str = "") -> 
     ax = fig.subplots()
     bars = ax.bar(range(len(rows)), [row["boxes"] for row in rows], color="tab:blue")
     ax.set_xticks(list(range(len(rows))))
-    ax.set_xticklabels([row["name"] for row in rows], rotation=45 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center")
+    ax.set_xticklabels([row["name"] for row in rows], rotation=45 if len(rows) > 6 else 0,
+                       ha="right" if len(rows) > 6 else "center")
     if 0 < len(rows) <= 30:
         ax.bar_label(bars, fontsize="small")
     ax.set_ylabel("boxes")
@@ -345,7 +347,8 @@ def plot_box_sizes(report: Mapping[str, Any], path: str, title: str = "") -> Non
         ax.text(0.5, 0.5, "no valid boxes", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlim(1, 128)
     ax.set_xscale("log")
-    for edge, label, color in ((8, "8", "tab:orange"), (16, "16", "tab:orange"), (32, "32", "tab:red"), (96, "96", "tab:red")):
+    for edge, label, color in ((8, "8", "tab:orange"), (16, "16", "tab:orange"),
+                               (32, "32", "tab:red"), (96, "96", "tab:red")):
         ax.axvline(edge, color=color, linestyle="--", linewidth=1)
         ax.text(edge, 1.0, f" {label}", color=color, transform=ax.get_xaxis_transform(), va="top", fontsize="small")
     ax.set_xlabel("box size sqrt(w*h), px (native scale); AI-TOD 8/16/32, COCO 32/96")

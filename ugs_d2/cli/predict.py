@@ -100,7 +100,8 @@ def _check_output(option: str, path: str, directory: bool) -> None:
         raise SystemExit(f"{PROG}: {option} {path} cannot be written ({parent} is not a writable directory)")
 
 
-def _dataset_info(run_dir: str, dataset_json: Optional[str]) -> Tuple[Optional[List[int]], List[str], Dict[str, int], str]:
+def _dataset_info(run_dir: str,
+                  dataset_json: Optional[str]) -> Tuple[Optional[List[int]], List[str], Dict[str, int], str]:
     """``(category ids by contiguous index, class names, {file basename: image id}, note)``.
 
     From ``--dataset-json``, else the test split of the run's dataset when its files exist.
@@ -305,13 +306,15 @@ def _predict(args: argparse.Namespace) -> None:
             _draw(image, instances, class_names, os.path.join(args.vis, f"{stem}.png"))
     write_json_atomic(args.out, results)
     if cut_images:
-        source = "--max-detections" if args.max_detections else f"{per_tile} per {args.tile} px tile area; --max-detections"
+        source = ("--max-detections" if args.max_detections
+                  else f"{per_tile} per {args.tile} px tile area; --max-detections")
         print(f"[{PROG}] warning: the detection budget ({source}) kept {cut_kept} of {cut_found} "
               f"detections on {cut_images} image{'s' if cut_images != 1 else ''}", file=sys.stderr)
     share = 100 * (1 - model_s / total_s) if total_s > 0 else 0.0
-    mode = f"tiled {args.tile} px, overlap {args.overlap}, batch {predictor.batch_size}" if args.tiled else "whole image"
-    print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in {total_s:.2f} s, "
-          f"{share:.1f}% outside the model's forward")
+    mode = (f"tiled {args.tile} px, overlap {args.overlap}, batch {predictor.batch_size}" if args.tiled
+            else "whole image")
+    print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in "
+          f"{total_s:.2f} s, {share:.1f}% outside the model's forward")
     print(f"[{PROG}] wrote {args.out}")
 
 

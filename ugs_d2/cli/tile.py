@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep a clipped box if it retains at least this share of its area, "
                          "in (0, 1] (default: 0.1)")
     dataset.add_argument("--drop-empty", action="store_true", help="leave out tiles without boxes")
-    dataset.add_argument("--force", action="store_true", help="overwrite an existing DIR/annotations.json (and same-named tiles)")
+    dataset.add_argument("--force", action="store_true",
+                         help="overwrite an existing DIR/annotations.json (and same-named tiles)")
     return parser
 
 

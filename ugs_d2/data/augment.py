@@ -207,7 +207,8 @@ class SmallObjectSafeCrop(T.Augmentation):
     """Random crop whose border never cuts through a small box.
 
     Each try draws a window that contains a randomly chosen box (any box that fits; uniform
-    when none does), then accepts it if no small box is cut. Boxes whose longer side is at most ``small_object_max_side`` px are either wholly inside the
+    when none does), then accepts it if no small box is cut. Boxes whose longer side is at most
+    ``small_object_max_side`` px are either wholly inside the
     crop or wholly outside it; larger boxes may be cut (the mapper clips them to the crop). The
     window is drawn uniformly; after ``max_tries`` windows that would cut a small box the image
     is left uncropped (NoOpTransform). Uses ``T.AugInput(image, boxes=XYXY array)``.

@@ -560,7 +560,8 @@ def register_dataset(dataset_cfg, tiling=None) -> Dict[str, str]:
             logger.info(f"dataset split {name}: files not found, not registered")
             continue
         registered[name] = _register_split(
-            dataset_cfg, fmt, name, spec, root, json_root, preload=name in test_names or (name in train_names and tiling_off)
+            dataset_cfg, fmt, name, spec, root, json_root,
+            preload=name in test_names or (name in train_names and tiling_off)
         )
     if tiling is not None:  # tiling.train.enabled: train on the cached tiles (ugs_d2/data/tiling.py)
         register_tiled_train_splits(train_names, registered, root, tiling)

@@ -442,7 +442,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     g = int(rng.integers(2, 7))
     grid = base + rng.normal(0.0, 40.0, size=(g, g, 3))
     channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(grid[..., c], dtype=np.float32)).resize((size, size), Image.BICUBIC))
+        np.asarray(Image.fromarray(np.ascontiguousarray(grid[..., c], dtype=np.float32))
+                   .resize((size, size), Image.BICUBIC))
         for c in range(3)
     ]
     img = np.stack(channels, axis=-1)
@@ -513,7 +514,8 @@ def _sample_centres(rng: np.random.Generator, n: int, cfg: SynthConfig) -> np.nd
     return xy
 
 
-def render_sample(rng: np.random.Generator, config: SynthConfig = SynthConfig()) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+def render_sample(rng: np.random.Generator,
+                  config: SynthConfig = SynthConfig()) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Render one image and its annotations.
 
     Args:
@@ -586,7 +588,8 @@ def render_sample(rng: np.random.Generator, config: SynthConfig = SynthConfig())
         h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in base_rgb))
         colour = _hsv_colour(h + hue_shift, s * sat_scale, v * val_scale)
         aspect = shape.aspect * math.exp(rng.uniform(-cfg.aspect_jitter, cfg.aspect_jitter))
-        angle = rng.uniform(0, 360) if shape.free_rotation else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg)
+        angle = (rng.uniform(0, 360) if shape.free_rotation
+                 else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg))
         cx, cy = float(centres[i, 0]), float(centres[i, 1])
         parts, box = _transform(shape, float(sizes[i]), aspect, angle, cx, cy)
         patch = _rasterize(parts, box, ss)

@@ -330,7 +330,8 @@ def tile_coco_dataset(
                     rows += [(i, b) for i, b in zip(touching, clipped_touching) if ignore[i]]
                     for index, (bx0, by0, bx1, by1) in rows:
                         source = regular[index]
-                        ann = {k: v for k, v in source.items() if k not in ("segmentation", "area", "bbox", "id", "image_id")}
+                        ann = {k: v for k, v in source.items()
+                               if k not in ("segmentation", "area", "bbox", "id", "image_id")}
                         w, h = bx1 - bx0, by1 - by0
                         ann.update(
                             id=len(out_annotations) + 1,

@@ -616,7 +616,8 @@ def read_run_config(run_dir_or_config_yaml: str):
     if os.path.isdir(path):
         path = os.path.join(path, "detectron2_config.yaml")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no detectron2 config (expected a ugs-train run directory or its detectron2_config.yaml)")
+        raise FileNotFoundError(f"{path}: no detectron2 config (expected a ugs-train run directory or its "
+                                "detectron2_config.yaml)")
     cfg = get_cfg()
     add_ugs_config(cfg)
     cfg.set_new_allowed(True)  # project keys (GRADVAR, TILING) are not in detectron2's defaults
@@ -648,7 +649,8 @@ def load_model(run_dir_or_config_yaml: str, weights: Optional[str] = None, devic
     from ugs_d2.engine.checkpoint import load_weights
 
     cfg = read_run_config(run_dir_or_config_yaml)
-    config_dir = run_dir_or_config_yaml if os.path.isdir(run_dir_or_config_yaml) else os.path.dirname(run_dir_or_config_yaml)
+    config_dir = (run_dir_or_config_yaml if os.path.isdir(run_dir_or_config_yaml)
+                  else os.path.dirname(run_dir_or_config_yaml))
     weights = weights or os.path.join(config_dir, "model_final.pth")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: weights not found (train the run to the end, or pass --weights)")
