@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from conftest import run_ugs_train

@@ -11,7 +11,6 @@
 
 Shapes: R locations, C classes, F foreground locations, K = reg_max + 1 points.
 """
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
