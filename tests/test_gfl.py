@@ -16,6 +16,7 @@ from test_projects import DENSE_TINY_RUN, NUM_CLASSES, d2_config, image_without_
 from ugs_d2.bins import one_sided_in_grid
 from ugs_d2.config import load_project
 from ugs_d2.losses import bin_cross_entropy
+from ugs_d2.modeling.refinement import is_localization_loss
 
 gfl = load_project("UGS_GFL")
 
@@ -55,6 +56,11 @@ def test_dfl_is_the_two_hot_bin_cross_entropy_on_the_uniform_grid():
     dfl = gfl.distribution_focal_loss(logits.view(-1, reg_max + 1), targets.view(-1)).view(50, 4)
     ce = bin_cross_entropy(logits, targets, torch.arange(reg_max + 1, dtype=torch.float32))
     assert torch.allclose(dfl, ce, atol=1e-5)
+
+
+def test_gfl_box_losses_are_localization_losses_for_ur():
+    assert is_localization_loss("loss_gfl_dfl") and is_localization_loss("loss_gfl_giou")
+    assert not is_localization_loss("loss_gfl_cls")
 
 
 # ---- ATSS --------------------------------------------------------------------------------------
@@ -142,13 +148,15 @@ def test_integral_decode_by_hand():
 # ---- training ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ugs", ["off", "full"])
+@pytest.mark.parametrize("ugs", ["off", "full", "full ugs.ur_losses=loc"])
 def test_training_step_losses_and_inference(ugs):
-    model = build_model(d2_config("gfl_r18_fpn", f"ugs={ugs}"))
+    """With ``ugs.ur_losses=loc`` UR recomputes GFL's box losses only (``loss_gfl_dfl`` and
+    ``loss_gfl_giou`` are localization losses for ``ugs_d2.modeling.refinement``)."""
+    model = build_model(d2_config("gfl_r18_fpn", *f"ugs={ugs}".split()))
     model.train()
     with EventStorage(0):
         losses = model(training_batch() + [image_without_boxes()])
-    expected = {"loss_gfl_cls", "loss_gfl_giou", "loss_gfl_dfl"} | ({"loss_um", "loss_ur"} if ugs == "full" else set())
+    expected = {"loss_gfl_cls", "loss_gfl_giou", "loss_gfl_dfl"} | ({"loss_um", "loss_ur"} if ugs != "off" else set())
     assert set(losses) == expected
     total = sum(losses.values())
     assert torch.isfinite(total)
