@@ -67,11 +67,11 @@ def test_every_sweep_point_converts(experiment):
         assert d2.MODEL.UGS.RPN.ENABLED == ugs_on, point
 
 
-def test_table1_sweeps_the_four_detectors_and_ugs():
+def test_table1_sweeps_the_five_detectors_and_ugs():
     points = _sweep_points("paper_table1")
     models = {p.split("=", 1)[1] for point in points for p in point if p.startswith("model=")}
-    assert models == {"faster_rcnn_r50_fpn", "cascade_rcnn_r50_fpn", "retinanet_r50_fpn", "fcos_r50_fpn"}
-    assert len(points) == 8
+    assert models == {"faster_rcnn_r50_fpn", "cascade_rcnn_r50_fpn", "retinanet_r50_fpn", "fcos_r50_fpn", "gfl_r50_fpn"}
+    assert len(points) == 10
 
 
 def test_slurm_4gpu_preset_resolves():

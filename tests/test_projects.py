@@ -1,4 +1,4 @@
-"""UGS beyond Faster R-CNN: projects/UGS_RetinaNet, UGS_FCOS and UGS_Cascade (CPU, 128 px)."""
+"""UGS beyond Faster R-CNN: projects/UGS_RetinaNet, UGS_FCOS, UGS_GFL and UGS_Cascade (CPU, 128 px)."""
 import json
 import math
 
@@ -14,7 +14,7 @@ from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, load_project, to_detectron2_cfg
 
 NUM_CLASSES = 3
-DETECTORS = ["retinanet_r18_fpn", "fcos_r18_fpn", "cascade_r18_fpn"]
+DETECTORS = ["retinanet_r18_fpn", "fcos_r18_fpn", "gfl_r18_fpn", "cascade_r18_fpn"]
 # TINY_RUN's model.rpn/model.roi keys exist only in the R-CNN presets
 DENSE_TINY_RUN = [o for o in TINY_RUN if not o.startswith(("model.rpn.", "model.roi."))]
 SMALL = [o for o in DENSE_TINY_RUN if o.startswith("model.")]
@@ -23,6 +23,7 @@ SMALL = [o for o in DENSE_TINY_RUN if o.startswith("model.")]
 LOSS_KEYS = {
     "retinanet_r18_fpn": {"loss_cls", "loss_box_reg", "loss_um", "loss_ur"},
     "fcos_r18_fpn": {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_um", "loss_ur"},
+    "gfl_r18_fpn": {"loss_gfl_cls", "loss_gfl_giou", "loss_gfl_dfl", "loss_um", "loss_ur"},
     "cascade_r18_fpn": {
         "loss_rpn_loc", "loss_um_rpn", "loss_ur",
         *(f"loss_{k}_stage{s}" for k in ("box_reg", "um_roi") for s in range(3)),
@@ -82,6 +83,8 @@ def test_cascade_stage_scales_from_iou_and_weights():
     [
         ("retinanet_r18_fpn", "off", "UGSRetinaNet", None),
         ("fcos_r18_fpn", "off", "UGSFCOS", None),
+        ("gfl_r18_fpn", "off", "UGSGFL", None),
+        ("gfl_r18_fpn", "full", "UGSGFL", None),
         # the baseline cascade is detectron2's with the stage loss weights (UGSCascadeROIHeads)
         ("cascade_r18_fpn", "off", "GeneralizedRCNN", "UGSCascadeROIHeads"),
         ("cascade_r18_fpn", "ce_in", "UGSCascadeRCNN", "UGSCascadeROIHeads"),
@@ -114,6 +117,10 @@ def test_every_ugs_preset_converts_or_is_refused_by_name(model):
         ("fcos_r18_fpn", "ugs.rpn.reg_loss=kl", "ugs.rpn.reg_loss"),
         ("retinanet_r18_fpn", "model.retinanet.levels=p4-p8", "model.retinanet.levels"),
         ("fcos_r18_fpn", "model.fcos.range_scale=-1", "model.fcos.range_scale"),
+        ("gfl_r18_fpn", "ugs.rpn.reg_loss=kl", "ugs.rpn.reg_loss"),
+        ("gfl_r18_fpn", "model.gfl.range_scale=0", "model.gfl.range_scale"),
+        ("gfl_r18_fpn", "model.gfl.reg_max=0", "model.gfl.reg_max"),
+        ("gfl_r18_fpn", "model.gfl.levels=p4-p8", "model.gfl.levels"),
         ("cascade_r18_fpn", "model.roi.cls_agnostic_bbox_reg=false", "model.roi.cls_agnostic_bbox_reg"),
         ("cascade_r18_fpn", "model.cascade.range_scales=[1,2]", "model.cascade.range_scales"),
         ("retinanet_r18_fpn", "model.project=UGS_Nothing", "model.project"),
@@ -280,6 +287,7 @@ def test_inference_output_matches_the_baseline_format(model_name):
     thresholds = {
         "retinanet_r18_fpn": "model.retinanet.score_thresh_test=0.0",
         "fcos_r18_fpn": "model.fcos.score_thresh_test=0.0",
+        "gfl_r18_fpn": "model.gfl.score_thresh_test=0.0",
         "cascade_r18_fpn": "model.roi.score_thresh_test=0.0",
     }
     outputs = {}
@@ -309,7 +317,7 @@ def test_inference_output_matches_the_baseline_format(model_name):
 
 @pytest.mark.slow  # 17-160 s on 2 cores, depending on other load: the rest of this file stays under a minute
 def test_every_detector_trains_and_evaluates_with_ugs_full(tiny_dataset, tmp_path):
-    """One real ``ugs-train`` multirun over the three presets."""
+    """One real ``ugs-train`` multirun over the four presets."""
     sweep_dir = tmp_path / "sweep"
     proc = run_ugs_train(
         ["-m", f"model={','.join(DETECTORS)}", "ugs=full", *DENSE_TINY_RUN, f"dataset.root={tiny_dataset}",
@@ -336,6 +344,7 @@ def test_every_detector_trains_and_evaluates_with_ugs_full(tiny_dataset, tmp_pat
     [
         ("UGS_RetinaNet", "ugs_retinanet_R_18_FPN.yaml", "add_ugs_retinanet_config", "apply_retinanet_architecture", "UGSRetinaNet"),
         ("UGS_FCOS", "ugs_fcos_R_18_FPN.yaml", "add_ugs_fcos_config", "apply_fcos_architecture", "UGSFCOS"),
+        ("UGS_GFL", "ugs_gfl_R_18_FPN.yaml", "add_ugs_gfl_config", "apply_gfl_architecture", "UGSGFL"),
         ("UGS_Cascade", "ugs_cascade_R_18_FPN.yaml", "add_ugs_cascade_config", "apply_cascade_architecture", "UGSCascadeRCNN"),
     ],
 )

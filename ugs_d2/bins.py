@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["in_grid", "two_hot", "expectation", "GRID_FORMS"]
+__all__ = ["in_grid", "one_sided_in_grid", "two_hot", "expectation", "GRID_FORMS"]
 
 #: the two readings of Eq. 9 (see :func:`in_grid`)
 GRID_FORMS = ("coupled", "normalized")
@@ -82,6 +82,43 @@ def in_grid(
         exponent, end = modulator * uniform.abs() / value_range, modulator
     scale = torch.expm1(exponent) / torch.expm1(torch.tensor(end, dtype=torch.float64))
     return (torch.sign(uniform) * value_range * scale).to(dtype)
+
+
+def one_sided_in_grid(
+    value_range: float,
+    modulator: float,
+    num_intervals: int,
+    scale: float = 1.0,
+    *,
+    form: str = "coupled",
+) -> Tensor:
+    """Interval-non-uniform grid on ``[0, scale * a]`` with its dense end at zero.
+
+    The non-negative half of Eq. 9's grid with ``2n`` intervals, times ``scale``::
+
+        g_i = scale * a * (exp(b * a * i / n) - 1) / (exp(b * a) - 1),    i = 0..n
+
+    so ``g_0 = 0``, ``g_n = scale * a``, and the spacing grows away from zero (``b > 0``);
+    ``b == 0`` gives the uniform grid exactly. Dense heads that regress the distances to the
+    box sides (FCOS, GFL), which are ``>= 0``, use it instead of the two-sided grid. ``scale``
+    changes the unit only: the grid's shape is set by ``b * a``, as for the two-sided grid, so the RPN keys (a = 2, b = 1, n = 10) with
+    ``scale = 4`` give FCOS 11 bins over ``[0, 8]`` strides, spaced 0.28 near zero to 1.6 at the end.
+
+    Args:
+        value_range: ``a > 0``.
+        modulator: ``b``; 0 = uniform.
+        num_intervals: ``n >= 1``; the grid has ``n + 1`` points.
+        scale: ``> 0``, multiplies every point (MODEL.FCOS.UGS_RANGE_SCALE,
+            MODEL.GFL.UGS_RANGE_SCALE).
+        form: the reading of Eq. 9 (``ugs_d2.bins.in_grid``); for "normalized" the half-grid's
+            shape is set by ``b`` alone.
+
+    Returns:
+        Tensor[n + 1], increasing from 0.
+    """
+    if scale <= 0:
+        raise ValueError(f"need scale > 0, got {scale}")
+    return scale * in_grid(value_range, modulator, 2 * num_intervals, form=form)[num_intervals:]
 
 
 def two_hot(targets: Tensor, grid: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedded benchmark (issue 6): the paper's Table-6 rows on Faster R-CNN and baseline vs UGS
-# on RetinaNet, FCOS and Cascade R-CNN, 3 seeds each (42 runs), on the embedded 128-px
+# on RetinaNet, FCOS, Cascade R-CNN and GFL V1, 3 seeds each (48 runs), on the embedded 128-px
 # synthetic dataset: about 2 hours on 2 CPU cores. Resumable: rerun the same command and
 # finished runs are skipped, a killed run continues from its last checkpoint.
 #
@@ -10,14 +10,14 @@
 #
 # Every lane runs the same three sweeps in the same order; a lane skips a run that another lane
 # is training (ugs-train's run-directory lock), so the lanes share the work like a queue.
-# Outputs: multirun/embedded_{table6,detectors,cascade}/ (the runs), logs/embedded_lane*.log,
-# results/embedded/embedded_{table6,detectors,cascade}.{md,csv} + plots, results/embedded/gradvar.md,
+# Outputs: multirun/embedded_{table6,detectors,cascade,gfl}/ (the runs), logs/embedded_lane*.log,
+# results/embedded/embedded_{table6,detectors,cascade,gfl}.{md,csv} + plots, results/embedded/gradvar.md,
 # results/embedded/summary.{md,png} (baseline vs UGS per detector, the targets).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 LANES="${LANES:-2}"
-SWEEPS=(cascade table6 detectors)   # longest runs first: the lanes end closer together
+SWEEPS=(cascade table6 detectors gfl)   # longest runs first: the lanes end closer together
 BIN="${UGS_BIN:-}"
 if [[ -z "$BIN" ]]; then
     if [[ -x .venv/bin/ugs-train ]]; then BIN=.venv/bin

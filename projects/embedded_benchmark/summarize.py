@@ -27,6 +27,7 @@ DETECTORS: List[Tuple[str, str, Dict[str, str]]] = [
     ("RetinaNet", "embedded_detectors", {"model": "retinanet_r18_fpn"}),
     ("FCOS", "embedded_detectors", {"model": "fcos_r18_fpn"}),
     ("Cascade R-CNN", "embedded_cascade", {}),
+    ("GFL", "embedded_gfl", {}),
 ]
 TABLE6 = "embedded_table6"
 METRICS = ("AP", "AP50", "APs", "APm")

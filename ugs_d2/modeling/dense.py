@@ -1,4 +1,5 @@
-"""UGS for detectron2's dense detectors (RetinaNet, FCOS): the pieces both share.
+"""UGS for detectron2's dense detectors (RetinaNet, FCOS, and GFL in projects/UGS_GFL): the
+shared pieces.
 
 A dense head's box conv predicts ``P`` values per coordinate (``K = n + 1`` bin logits)
 instead of one, laid out ``(A, 4, P)`` per location. :class:`DenseUGSMixin`, mixed in before

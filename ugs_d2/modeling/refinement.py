@@ -49,11 +49,12 @@ UR_LOSSES = ("all", "loc")
 UR_IMPLS = ("lean", "plain")
 
 # localization losses of every detector here (a Cascade stage appends "_stage<k>")
-_LOC_LOSS = re.compile(r"^loss_(rpn_loc|box_reg|fcos_loc)(_stage\d+)?$")
+_LOC_LOSS = re.compile(r"^loss_(rpn_loc|box_reg|fcos_loc|gfl_dfl|gfl_giou)(_stage\d+)?$")
 
 
 def is_localization_loss(key: str) -> bool:
-    """``loss_rpn_loc``, ``loss_box_reg``, ``loss_fcos_loc`` (and their Cascade stage keys)."""
+    """``loss_rpn_loc``, ``loss_box_reg``, ``loss_fcos_loc``, GFL's ``loss_gfl_dfl`` and
+    ``loss_gfl_giou`` (and the Cascade stage keys)."""
     return bool(_LOC_LOSS.match(key))
 
 

@@ -19,7 +19,7 @@ inference) take bin logits: it decodes only the rows it is asked to apply.
 Shapes: F foreground elements, K = n + 1 grid points, P values per coordinate (K for bins,
 2 for KL, 1 native).
 """
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -110,16 +110,22 @@ class BinLocalization(nn.Module):
             return expectation(params, self.grid)
         return params[..., 0]
 
-    def _reduce(self, per_coord: Tensor) -> Tensor:
-        """(F, 4) -> scalar: sum over elements of the sum or mean over the coordinates."""
+    def _reduce(self, per_coord: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+        """(F, 4) -> scalar: sum over elements of the sum or mean over the coordinates, each
+        element times ``weights`` (F,) if given (GFL weighs its DFL by the predicted score)."""
         per_element = per_coord.sum(-1) if self.coord_reduction == "sum" else per_coord.mean(-1)
+        if weights is not None:
+            per_element = per_element * weights
         return per_element.sum()
 
-    def loc_loss(self, fg_params: Tensor, fg_targets: Tensor, normalizer: float) -> Tensor:
+    def loc_loss(
+        self, fg_params: Tensor, fg_targets: Tensor, normalizer: float, weights: Optional[Tensor] = None
+    ) -> Tensor:
         """Localization loss of the foreground elements, divided by ``normalizer``.
 
         Args:
             fg_params: Tensor[F, 4, P]; fg_targets: Tensor[F, 4] encoded targets.
+            weights: optional Tensor[F], a factor per element (see :meth:`_reduce`).
         """
         if self.mode == "bins":
             per_coord = bin_cross_entropy(fg_params, fg_targets, self.grid)
@@ -127,9 +133,11 @@ class BinLocalization(nn.Module):
             per_coord = kl_loss(fg_params[..., 0], fg_params[..., 1], fg_targets)
         else:
             raise RuntimeError("native localization is detectron2's own loss")
-        return self.loc_weight * self._reduce(per_coord) / normalizer
+        return self.loc_weight * self._reduce(per_coord, weights) / normalizer
 
-    def uncertainty_losses(self, fg_logits: Tensor, normalizer: float) -> Dict[str, Tensor]:
+    def uncertainty_losses(
+        self, fg_logits: Tensor, normalizer: float, weights: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
         """UM loss (Eq. 12) and the entropy side output of the foreground bin logits (F, 4, K).
 
         Normalised exactly like :meth:`loc_loss` (same reduction, weight and normaliser), so
@@ -138,17 +146,19 @@ class BinLocalization(nn.Module):
         out: Dict[str, Tensor] = {}
         if self.mode != "bins" or not (self.um_weight > 0 or self.return_entropy):
             return out
-        total_entropy = self.loc_weight * self._reduce(entropy(fg_logits)) / normalizer
+        total_entropy = self.loc_weight * self._reduce(entropy(fg_logits), weights) / normalizer
         if self.um_weight > 0:
             out[self.um_key] = self.um_weight * total_entropy
         if self.return_entropy:
             out[self.entropy_key] = total_entropy
         return out
 
-    def losses(self, fg_params: Tensor, fg_targets: Tensor, normalizer: float) -> Dict[str, Tensor]:
-        """``{"loc": ...}`` plus :meth:`uncertainty_losses`."""
-        out = {"loc": self.loc_loss(fg_params, fg_targets, normalizer)}
-        out.update(self.uncertainty_losses(fg_params, normalizer))
+    def losses(
+        self, fg_params: Tensor, fg_targets: Tensor, normalizer: float, weights: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
+        """``{"loc": ...}`` plus :meth:`uncertainty_losses`, both with the same ``weights``."""
+        out = {"loc": self.loc_loss(fg_params, fg_targets, normalizer, weights)}
+        out.update(self.uncertainty_losses(fg_params, normalizer, weights))
         return out
 
     def extra_repr(self) -> str:

@@ -1,0 +1,126 @@
+"""Config of UGS GFL: ``MODEL.GFL.*`` (detectron2 has no GFL), its class, and its Hydra keys.
+
+The UGS keys are the RPN's, as for the other dense heads: ``MODEL.UGS.RPN.{ENABLED, RANGE,
+MODULATOR, NUM_INTERVALS, GRID_FORM}`` choose the side-distance grid (off: GFL's uniform
+``0..REG_MAX``; on: the one-sided IN grid over ``[0, UGS_RANGE_SCALE * RANGE]`` strides),
+``MODEL.UGS.DENSE`` is DFL's balance (weight 0.25, mean over the sides), and
+``MODEL.UGS.{UM_WEIGHT, UR_WEIGHT, UR_RHO, UR_LEVELS, ...}`` UM and UR.
+"""
+from typing import Any, Callable, Optional
+
+from detectron2.config import CfgNode as CN
+from omegaconf import DictConfig
+
+from ugs_d2.config import ConfigError, value_types, with_hydra_keys
+from ugs_d2.modeling import add_ugs_config
+from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+
+__all__ = ["add_ugs_gfl_config", "apply_gfl_architecture", "from_hydra", "LEVELS"]
+
+#: model.gfl.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
+LEVELS = {
+    "p2-p6": ("build_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"], ["p2", "p3", "p4", "p5", "p6"]),
+    "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
+}
+
+# GFL V1's published 1x recipe (MMDetection configs/gfl/gfl_r50_fpn_1x_coco.py)
+_GFL_DEFAULTS = dict(
+    NUM_CLASSES=80,
+    IN_FEATURES=["p3", "p4", "p5", "p6", "p7"],
+    NUM_CONVS=4,
+    HEAD_NORM="GN",
+    PRIOR_PROB=0.01,
+    REG_MAX=16,            # the uniform grid 0, 1, ..., 16 strides
+    ATSS_TOPK=9,
+    ANCHOR_SCALE=8.0,      # ATSS's box per location: 8 strides square (octave_base_scale)
+    ANCHOR_OFFSET=0.0,     # MMDetection's anchor centres sit at (i, j) * stride
+    QFL_BETA=2.0,
+    GIOU_WEIGHT=2.0,
+    SCORE_THRESH_TEST=0.05,
+    TOPK_CANDIDATES_TEST=1000,
+    NMS_THRESH_TEST=0.6,
+    # UGS: the one-sided grid spans [0, UGS_RANGE_SCALE * MODEL.UGS.RPN.RANGE] strides; 8 * 2 =
+    # 16 = REG_MAX, GFL's own span
+    UGS_RANGE_SCALE=8.0,
+)
+
+
+def add_ugs_gfl_config(cfg: CN) -> None:
+    """Add ``MODEL.GFL.*`` (keys not already there) and the core ``MODEL.UGS``, in place."""
+    if "UGS" not in cfg.MODEL:
+        add_ugs_config(cfg)
+    if "GFL" not in cfg.MODEL:
+        cfg.MODEL.GFL = CN()
+    for key, value in _GFL_DEFAULTS.items():
+        if key not in cfg.MODEL.GFL:
+            cfg.MODEL.GFL[key] = value
+
+
+def apply_gfl_architecture(cfg: CN) -> CN:
+    """``MODEL.META_ARCHITECTURE = "UGSGFL"`` (baseline and UGS); checks the keys GFL reads.
+    ``cfg`` must be mutable.
+
+    Raises:
+        ValueError: naming the key (KL loss, a bad REG_MAX, range scale, ATSS top-k, ...).
+    """
+    validate_ugs_config(cfg)
+    if stage_mode(cfg, "RPN") == "kl":
+        raise ValueError("MODEL.UGS.RPN.REG_LOSS = kl is not implemented for GFL")
+    g = cfg.MODEL.GFL
+    checks = [
+        ("REG_MAX", isinstance(g.REG_MAX, int) and g.REG_MAX >= 1, "an integer >= 1"),
+        ("NUM_CONVS", isinstance(g.NUM_CONVS, int) and g.NUM_CONVS >= 1, "an integer >= 1"),
+        ("ATSS_TOPK", isinstance(g.ATSS_TOPK, int) and g.ATSS_TOPK >= 1, "an integer >= 1"),
+        ("ANCHOR_SCALE", g.ANCHOR_SCALE > 0, "> 0"),
+        ("ANCHOR_OFFSET", 0 <= g.ANCHOR_OFFSET < 1, "in [0, 1)"),
+        ("QFL_BETA", g.QFL_BETA >= 0, ">= 0"),
+        ("GIOU_WEIGHT", g.GIOU_WEIGHT >= 0, ">= 0"),
+        ("UGS_RANGE_SCALE", g.UGS_RANGE_SCALE > 0, "> 0"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"MODEL.GFL.{key} must be {expected}, got {g[key]!r}")
+    cfg.MODEL.META_ARCHITECTURE = "UGSGFL"
+    return cfg
+
+
+def from_hydra(
+    cfg: DictConfig, d2: CN, get: Callable[[str, Callable], Any], num_classes: Optional[int]
+) -> None:
+    """Set GFL's detectron2 keys from the ``model=gfl_*`` preset (``ugs_d2.config``'s hook for
+    ``model.project: UGS_GFL``). Reads ``model.gfl.*``; ``ugs.rpn.reg_loss`` and
+    ``smooth_l1_beta`` have no effect (GFL's box losses are GIoU + DFL), ``ugs.roi.*`` has no
+    stage here.
+    """
+    vt = value_types
+    add_ugs_gfl_config(d2)
+    levels = get("model.gfl.levels", vt.string)
+    if levels not in LEVELS:
+        raise ConfigError(f"model.gfl.levels: expected {' or '.join(LEVELS)}, got {levels!r}")
+    builder, stages, head_levels = LEVELS[levels]
+    d2.MODEL.BACKBONE.NAME = builder
+    d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
+    d2.MODEL.FPN.IN_FEATURES = list(stages)
+    g = d2.MODEL.GFL
+    if num_classes is not None:
+        g.NUM_CLASSES = num_classes
+    g.IN_FEATURES = list(head_levels)
+    g.NUM_CONVS = get("model.gfl.num_convs", vt.integer)
+    g.HEAD_NORM = get("model.gfl.head_norm", vt.optional_string)
+    g.REG_MAX = get("model.gfl.reg_max", vt.integer)
+    g.ATSS_TOPK = get("model.gfl.atss_topk", vt.integer)
+    g.ANCHOR_SCALE = get("model.gfl.anchor_scale", vt.number)
+    g.QFL_BETA = get("model.gfl.qfl_beta", vt.number)
+    g.GIOU_WEIGHT = get("model.gfl.giou_weight", vt.number)
+    g.UGS_RANGE_SCALE = get("model.gfl.range_scale", vt.number)
+    g.SCORE_THRESH_TEST = get("model.gfl.score_thresh_test", vt.number)
+    g.TOPK_CANDIDATES_TEST = get("model.gfl.topk_candidates_test", vt.integer)
+    g.NMS_THRESH_TEST = get("model.gfl.nms_thresh_test", vt.number)
+    d2.TEST.DETECTIONS_PER_IMAGE = get("model.gfl.detections_per_image", vt.integer)
+    try:
+        apply_gfl_architecture(d2)
+    except ValueError as e:  # name the Hydra key
+        renames = [(f"MODEL.GFL.{k}", f"model.gfl.{k.lower()}") for k in _GFL_DEFAULTS]
+        renames = [r for r in renames if r[0] != "MODEL.GFL.UGS_RANGE_SCALE"]
+        renames.insert(0, ("MODEL.GFL.UGS_RANGE_SCALE", "model.gfl.range_scale"))
+        raise ConfigError(with_hydra_keys(str(e), renames)) from None
