@@ -7,12 +7,11 @@ import statistics
 
 import pytest
 import torch
-
+from conftest import run_ugs_train
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
-from conftest import run_ugs_train
 from test_projects import DENSE_TINY_RUN, NUM_CLASSES, d2_config, image_without_boxes, training_batch
+
 from ugs_d2.bins import one_sided_in_grid
 from ugs_d2.config import load_project
 from ugs_d2.losses import bin_cross_entropy

@@ -101,8 +101,9 @@ def one_sided_in_grid(
     so ``g_0 = 0``, ``g_n = scale * a``, and the spacing grows away from zero (``b > 0``);
     ``b == 0`` gives the uniform grid exactly. Dense heads that regress the distances to the
     box sides (FCOS, GFL), which are ``>= 0``, use it instead of the two-sided grid. ``scale``
-    changes the unit only: the grid's shape is set by ``b * a``, as for the two-sided grid, so the RPN keys (a = 2, b = 1, n = 10) with
-    ``scale = 4`` give FCOS 11 bins over ``[0, 8]`` strides, spaced 0.28 near zero to 1.6 at the end.
+    changes the unit only: the grid's shape is set by ``b * a``, as for the two-sided grid, so
+    the RPN keys (a = 2, b = 1, n = 10) with ``scale = 4`` give FCOS 11 bins over ``[0, 8]``
+    strides, spaced 0.28 near zero to 1.6 at the end.
 
     Args:
         value_range: ``a > 0``.

@@ -13,14 +13,15 @@ and UGS FCOS. Importing this package registers ``UGSGFL`` (META_ARCH_REGISTRY). 
 or through ``ugs-train model=gfl_r18_fpn ugs=off|full``.
 """
 from .atss import atss_assign, location_boxes
-from .config import add_ugs_gfl_config, apply_gfl_architecture, from_hydra
-from .gfl import GFLHead, UGSGFL, build_gfl_localization, gfl_grid
+from .config import PROJECT, GFLSchema, add_ugs_gfl_config, apply_gfl_architecture
+from .gfl import UGSGFL, GFLHead, build_gfl_localization, gfl_grid
 from .losses import distribution_focal_loss, quality_focal_loss
 
 __all__ = [
     "add_ugs_gfl_config",
     "apply_gfl_architecture",
-    "from_hydra",
+    "PROJECT",
+    "GFLSchema",
     "atss_assign",
     "location_boxes",
     "GFLHead",

@@ -18,9 +18,8 @@ Shapes: L levels, R_i locations of level i, R = sum R_i, G GT boxes.
 from typing import List
 
 import torch
-from torch import Tensor
-
 from detectron2.structures import Boxes, pairwise_iou
+from torch import Tensor
 
 __all__ = ["atss_assign", "location_boxes"]
 

@@ -6,16 +6,18 @@ MODULATOR, NUM_INTERVALS, GRID_FORM}`` choose the side-distance grid (off: GFL's
 ``MODEL.UGS.DENSE`` is DFL's balance (weight 0.25, mean over the sides), and
 ``MODEL.UGS.{UM_WEIGHT, UR_WEIGHT, UR_RHO, UR_LEVELS, ...}`` UM and UR.
 """
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from detectron2.config import CfgNode as CN
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from ugs_d2.config import ConfigError, value_types, with_hydra_keys
+from ugs_d2.config import ConfigError, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.projects import Project, register_project
 
-__all__ = ["add_ugs_gfl_config", "apply_gfl_architecture", "from_hydra", "LEVELS"]
+__all__ = ["add_ugs_gfl_config", "apply_gfl_architecture", "GFLSchema", "PROJECT", "LEVELS"]
 
 #: model.gfl.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
 LEVELS = {
@@ -84,43 +86,67 @@ def apply_gfl_architecture(cfg: CN) -> CN:
     return cfg
 
 
-def from_hydra(
-    cfg: DictConfig, d2: CN, get: Callable[[str, Callable], Any], num_classes: Optional[int]
-) -> None:
-    """Set GFL's detectron2 keys from the ``model=gfl_*`` preset (``ugs_d2.config``'s hook for
-    ``model.project: UGS_GFL``). Reads ``model.gfl.*``; ``ugs.rpn.reg_loss`` and
-    ``smooth_l1_beta`` have no effect (GFL's box losses are GIoU + DFL), ``ugs.roi.*`` has no
-    stage here.
-    """
-    vt = value_types
-    add_ugs_gfl_config(d2)
-    levels = get("model.gfl.levels", vt.string)
-    if levels not in LEVELS:
-        raise ConfigError(f"model.gfl.levels: expected {' or '.join(LEVELS)}, got {levels!r}")
-    builder, stages, head_levels = LEVELS[levels]
+@dataclass
+class GFLSchema:
+    """``model.gfl`` of the ``model=gfl_*`` presets (configs/model/gfl_r18_fpn.yaml)."""
+
+    levels: str = MISSING  # p2-p6 | p3-p7 (LEVELS)
+    num_convs: int = MISSING
+    head_norm: Optional[str] = None  # "" | GN
+    reg_max: int = MISSING
+    atss_topk: int = MISSING
+    anchor_scale: float = MISSING
+    qfl_beta: float = MISSING
+    giou_weight: float = MISSING
+    range_scale: float = MISSING
+    score_thresh_test: float = MISSING
+    topk_candidates_test: int = MISSING
+    nms_thresh_test: float = MISSING
+    detections_per_image: int = MISSING
+
+
+def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
+    """The levels pick the backbone; the classes come from the data; then the class selection.
+    (``ugs.rpn.reg_loss`` and ``smooth_l1_beta`` have no effect: GFL's box losses are GIoU + DFL;
+    ``ugs.roi.*`` has no stage here.)"""
+    builder, stages, _ = LEVELS[typed.model.gfl.levels]
     d2.MODEL.BACKBONE.NAME = builder
     d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
     d2.MODEL.FPN.IN_FEATURES = list(stages)
-    g = d2.MODEL.GFL
     if num_classes is not None:
-        g.NUM_CLASSES = num_classes
-    g.IN_FEATURES = list(head_levels)
-    g.NUM_CONVS = get("model.gfl.num_convs", vt.integer)
-    g.HEAD_NORM = get("model.gfl.head_norm", vt.optional_string)
-    g.REG_MAX = get("model.gfl.reg_max", vt.integer)
-    g.ATSS_TOPK = get("model.gfl.atss_topk", vt.integer)
-    g.ANCHOR_SCALE = get("model.gfl.anchor_scale", vt.number)
-    g.QFL_BETA = get("model.gfl.qfl_beta", vt.number)
-    g.GIOU_WEIGHT = get("model.gfl.giou_weight", vt.number)
-    g.UGS_RANGE_SCALE = get("model.gfl.range_scale", vt.number)
-    g.SCORE_THRESH_TEST = get("model.gfl.score_thresh_test", vt.number)
-    g.TOPK_CANDIDATES_TEST = get("model.gfl.topk_candidates_test", vt.integer)
-    g.NMS_THRESH_TEST = get("model.gfl.nms_thresh_test", vt.number)
-    d2.TEST.DETECTIONS_PER_IMAGE = get("model.gfl.detections_per_image", vt.integer)
+        d2.MODEL.GFL.NUM_CLASSES = num_classes
     try:
         apply_gfl_architecture(d2)
     except ValueError as e:  # name the Hydra key
-        renames = [(f"MODEL.GFL.{k}", f"model.gfl.{k.lower()}") for k in _GFL_DEFAULTS]
-        renames = [r for r in renames if r[0] != "MODEL.GFL.UGS_RANGE_SCALE"]
-        renames.insert(0, ("MODEL.GFL.UGS_RANGE_SCALE", "model.gfl.range_scale"))
+        renames = [("MODEL.GFL.UGS_RANGE_SCALE", "model.gfl.range_scale")]
+        renames += [(f"MODEL.GFL.{k}", f"model.gfl.{k.lower()}") for k in _GFL_DEFAULTS if k != "UGS_RANGE_SCALE"]
         raise ConfigError(with_hydra_keys(str(e), renames)) from None
+
+
+PROJECT = register_project(Project(
+    name="UGS_GFL",
+    package=__name__.rpartition(".")[0],
+    node="gfl",
+    schema=GFLSchema,
+    bridge=(
+        ("model.gfl.num_convs", "MODEL.GFL.NUM_CONVS"),
+        ("model.gfl.head_norm", "MODEL.GFL.HEAD_NORM", lambda v: v or ""),
+        ("model.gfl.reg_max", "MODEL.GFL.REG_MAX"),
+        ("model.gfl.atss_topk", "MODEL.GFL.ATSS_TOPK"),
+        ("model.gfl.anchor_scale", "MODEL.GFL.ANCHOR_SCALE"),
+        ("model.gfl.qfl_beta", "MODEL.GFL.QFL_BETA"),
+        ("model.gfl.giou_weight", "MODEL.GFL.GIOU_WEIGHT"),
+        ("model.gfl.range_scale", "MODEL.GFL.UGS_RANGE_SCALE"),
+        ("model.gfl.score_thresh_test", "MODEL.GFL.SCORE_THRESH_TEST"),
+        ("model.gfl.topk_candidates_test", "MODEL.GFL.TOPK_CANDIDATES_TEST"),
+        ("model.gfl.nms_thresh_test", "MODEL.GFL.NMS_THRESH_TEST"),
+        ("model.gfl.detections_per_image", "TEST.DETECTIONS_PER_IMAGE"),
+        ("model.gfl.levels", "MODEL.GFL.IN_FEATURES", lambda v: LEVELS[v][2]),
+    ),
+    checks=(
+        ("model.gfl.levels", lambda v: v in LEVELS, " or ".join(LEVELS)),
+        ("model.gfl.num_convs", lambda v: v >= 1, "a positive integer"),
+    ),
+    add_config=add_ugs_gfl_config,
+    finish=_finish,
+))

@@ -29,9 +29,6 @@ C classes, K grid points, F positives.
 from typing import List
 
 import torch
-from fvcore.nn import giou_loss
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -42,6 +39,8 @@ from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import giou_loss
+from torch import Tensor, nn
 
 from ugs_d2.bins import one_sided_in_grid
 from ugs_d2.modeling.config import stage_mode, validate_ugs_config
