@@ -25,7 +25,28 @@ __all__ = [
     "params_per_coordinate",
     "REG_LOSSES",
     "UR_LEVEL_NAMES",
+    "DENSE_FPN_LEVELS",
+    "set_dense_fpn_levels",
 ]
+
+#: ``model.<detector>.levels`` of the dense detectors (RetinaNet, FCOS, GFL) -> (backbone builder,
+#: ResNet stages fed to the FPN, the head's levels)
+DENSE_FPN_LEVELS = {
+    # the Faster R-CNN presets' FPN: P2 (stride 4) keeps objects of a few pixels on a feature map
+    "p2-p6": ("build_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"], ["p2", "p3", "p4", "p5", "p6"]),
+    # RetinaNet's own: P3-P5 from the FPN, P6-P7 strided convs on res5
+    "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
+}
+
+
+def set_dense_fpn_levels(cfg: CN, levels: str) -> list:
+    """Set the backbone builder and the FPN's inputs for ``levels`` (a key of
+    ``DENSE_FPN_LEVELS``) in ``cfg``; return the head's levels (its ``IN_FEATURES``)."""
+    builder, stages, head_levels = DENSE_FPN_LEVELS[levels]
+    cfg.MODEL.BACKBONE.NAME = builder
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(stages)
+    cfg.MODEL.FPN.IN_FEATURES = list(stages)
+    return list(head_levels)
 
 #: localization losses of a stage whose bins are off: detectron2's own two, and He et al.'s KL
 REG_LOSSES = ("smooth_l1", "giou", "kl")

@@ -13,16 +13,13 @@ from omegaconf import MISSING, DictConfig
 
 from ugs_d2.config import ConfigError, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
-from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.modeling.config import DENSE_FPN_LEVELS, set_dense_fpn_levels, stage_mode, validate_ugs_config
 from ugs_d2.projects import Project, register_project
 
 __all__ = ["add_ugs_fcos_config", "apply_fcos_architecture", "FCOSSchema", "PROJECT", "LEVELS"]
 
 #: model.fcos.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
-LEVELS = {
-    "p2-p6": ("build_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"], ["p2", "p3", "p4", "p5", "p6"]),
-    "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
-}
+LEVELS = DENSE_FPN_LEVELS
 
 # detectron2's FCOS defaults (its LazyConfig and the FCOS class's keyword defaults)
 _FCOS_DEFAULTS = dict(
@@ -94,10 +91,7 @@ class FCOSSchema:
 def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
     """The levels pick the backbone; the classes come from the data; then the class selection.
     (``ugs.rpn.reg_loss`` has no effect: FCOS's regression loss is GIoU; ``ugs.roi.*`` has no stage.)"""
-    builder, stages, _ = LEVELS[typed.model.fcos.levels]
-    d2.MODEL.BACKBONE.NAME = builder
-    d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
-    d2.MODEL.FPN.IN_FEATURES = list(stages)
+    set_dense_fpn_levels(d2, typed.model.fcos.levels)
     if num_classes is not None:
         d2.MODEL.FCOS.NUM_CLASSES = num_classes
     try:

@@ -14,16 +14,13 @@ from omegaconf import MISSING, DictConfig
 
 from ugs_d2.config import ConfigError, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
-from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.modeling.config import DENSE_FPN_LEVELS, set_dense_fpn_levels, stage_mode, validate_ugs_config
 from ugs_d2.projects import Project, register_project
 
 __all__ = ["add_ugs_gfl_config", "apply_gfl_architecture", "GFLSchema", "PROJECT", "LEVELS"]
 
 #: model.gfl.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
-LEVELS = {
-    "p2-p6": ("build_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"], ["p2", "p3", "p4", "p5", "p6"]),
-    "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
-}
+LEVELS = DENSE_FPN_LEVELS
 
 # GFL V1's published 1x recipe (MMDetection configs/gfl/gfl_r50_fpn_1x_coco.py)
 _GFL_DEFAULTS = dict(
@@ -109,10 +106,7 @@ def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
     """The levels pick the backbone; the classes come from the data; then the class selection.
     (``ugs.rpn.reg_loss`` and ``smooth_l1_beta`` have no effect: GFL's box losses are GIoU + DFL;
     ``ugs.roi.*`` has no stage here.)"""
-    builder, stages, _ = LEVELS[typed.model.gfl.levels]
-    d2.MODEL.BACKBONE.NAME = builder
-    d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
-    d2.MODEL.FPN.IN_FEATURES = list(stages)
+    set_dense_fpn_levels(d2, typed.model.gfl.levels)
     if num_classes is not None:
         d2.MODEL.GFL.NUM_CLASSES = num_classes
     try:

@@ -13,18 +13,13 @@ from omegaconf import MISSING, DictConfig
 
 from ugs_d2.config import ConfigError, float_lists, with_hydra_keys
 from ugs_d2.modeling import add_ugs_config
-from ugs_d2.modeling.config import stage_mode, validate_ugs_config
+from ugs_d2.modeling.config import DENSE_FPN_LEVELS, set_dense_fpn_levels, stage_mode, validate_ugs_config
 from ugs_d2.projects import Project, register_project
 
 __all__ = ["add_ugs_retinanet_config", "apply_retinanet_architecture", "RetinaNetSchema", "PROJECT", "LEVELS"]
 
 #: model.retinanet.levels -> (backbone builder, ResNet stages fed to the FPN, head levels)
-LEVELS = {
-    # the Faster R-CNN presets' FPN: P2 (stride 4) keeps objects of a few pixels on a feature map
-    "p2-p6": ("build_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"], ["p2", "p3", "p4", "p5", "p6"]),
-    # RetinaNet's own: P3-P5 from the FPN, P6-P7 strided convs on res5
-    "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
-}
+LEVELS = DENSE_FPN_LEVELS
 
 
 def add_ugs_retinanet_config(cfg: CN) -> None:
@@ -72,10 +67,7 @@ class RetinaNetSchema:
 def _finish(typed: DictConfig, d2: CN, num_classes: Optional[int]) -> None:
     """The levels pick the backbone and bound the anchor lists; then the class selection.
     (``ugs.roi.*`` has no stage here and is ignored.)"""
-    builder, stages, head_levels = LEVELS[typed.model.retinanet.levels]
-    d2.MODEL.BACKBONE.NAME = builder
-    d2.MODEL.RESNETS.OUT_FEATURES = list(stages)
-    d2.MODEL.FPN.IN_FEATURES = list(stages)
+    head_levels = set_dense_fpn_levels(d2, typed.model.retinanet.levels)
     sizes = d2.MODEL.ANCHOR_GENERATOR.SIZES
     if len(sizes) not in (1, len(head_levels)):
         raise ConfigError(
