@@ -69,6 +69,16 @@ def test_train_net_matches_the_hydra_route(workdir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done" in again.stdout
 
+    # --eval-only with the trained weights: evaluates into its own run directory, trains nothing
+    weights = str(net_dir / "model_final.pth")
+    evaluated = run_train_net(["--config-file", BASE_YAML, "--eval-only", *TINY_OPTS, "MODEL.WEIGHTS", weights,
+                               "OUTPUT_DIR", "eval"], workdir)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    eval_results = json.loads((workdir / "eval" / "results.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "per_class_AP"):  # the same weights and validation images
+        assert eval_results[key] == results[key], key
+    assert not glob.glob(str(workdir / "eval" / "model_*.pth"))
+
 
 @pytest.mark.parametrize(
     "project, yaml, meta",
