@@ -27,6 +27,7 @@ __all__ = [
     "UR_LEVEL_NAMES",
     "DENSE_FPN_LEVELS",
     "set_dense_fpn_levels",
+    "add_detector_node",
 ]
 
 #: ``model.<detector>.levels`` of the dense detectors (RetinaNet, FCOS, GFL) -> (backbone builder,
@@ -37,6 +38,18 @@ DENSE_FPN_LEVELS = {
     # RetinaNet's own: P3-P5 from the FPN, P6-P7 strided convs on res5
     "p3-p7": ("build_retinanet_resnet_fpn_backbone", ["res3", "res4", "res5"], ["p3", "p4", "p5", "p6", "p7"]),
 }
+
+
+def add_detector_node(cfg: CN, node: str, defaults: dict) -> None:
+    """Add the core ``MODEL.UGS`` (if absent) and ``MODEL.<node>.*`` with ``defaults`` for the
+    keys not already there, in place: the config of a detector detectron2's yacs config lacks."""
+    if "UGS" not in cfg.MODEL:
+        add_ugs_config(cfg)
+    if node not in cfg.MODEL:
+        cfg.MODEL[node] = CN()
+    for key, value in defaults.items():
+        if key not in cfg.MODEL[node]:
+            cfg.MODEL[node][key] = value
 
 
 def set_dense_fpn_levels(cfg: CN, levels: str) -> list:

@@ -12,8 +12,13 @@ from detectron2.config import CfgNode as CN
 from omegaconf import MISSING, DictConfig
 
 from ugs_d2.config import ConfigError, with_hydra_keys
-from ugs_d2.modeling import add_ugs_config
-from ugs_d2.modeling.config import DENSE_FPN_LEVELS, set_dense_fpn_levels, stage_mode, validate_ugs_config
+from ugs_d2.modeling.config import (
+    DENSE_FPN_LEVELS,
+    add_detector_node,
+    set_dense_fpn_levels,
+    stage_mode,
+    validate_ugs_config,
+)
 from ugs_d2.projects import Project, register_project
 
 __all__ = ["add_ugs_fcos_config", "apply_fcos_architecture", "FCOSSchema", "PROJECT", "LEVELS"]
@@ -43,13 +48,7 @@ _FCOS_DEFAULTS = dict(
 
 def add_ugs_fcos_config(cfg: CN) -> None:
     """Add ``MODEL.FCOS.*`` (keys not already there) and the core ``MODEL.UGS``, in place."""
-    if "UGS" not in cfg.MODEL:
-        add_ugs_config(cfg)
-    if "FCOS" not in cfg.MODEL:
-        cfg.MODEL.FCOS = CN()
-    for key, value in _FCOS_DEFAULTS.items():
-        if key not in cfg.MODEL.FCOS:
-            cfg.MODEL.FCOS[key] = value
+    add_detector_node(cfg, "FCOS", _FCOS_DEFAULTS)
 
 
 def apply_fcos_architecture(cfg: CN) -> CN:

@@ -13,8 +13,13 @@ from detectron2.config import CfgNode as CN
 from omegaconf import MISSING, DictConfig
 
 from ugs_d2.config import ConfigError, with_hydra_keys
-from ugs_d2.modeling import add_ugs_config
-from ugs_d2.modeling.config import DENSE_FPN_LEVELS, set_dense_fpn_levels, stage_mode, validate_ugs_config
+from ugs_d2.modeling.config import (
+    DENSE_FPN_LEVELS,
+    add_detector_node,
+    set_dense_fpn_levels,
+    stage_mode,
+    validate_ugs_config,
+)
 from ugs_d2.projects import Project, register_project
 
 __all__ = ["add_ugs_gfl_config", "apply_gfl_architecture", "GFLSchema", "PROJECT", "LEVELS"]
@@ -46,13 +51,7 @@ _GFL_DEFAULTS = dict(
 
 def add_ugs_gfl_config(cfg: CN) -> None:
     """Add ``MODEL.GFL.*`` (keys not already there) and the core ``MODEL.UGS``, in place."""
-    if "UGS" not in cfg.MODEL:
-        add_ugs_config(cfg)
-    if "GFL" not in cfg.MODEL:
-        cfg.MODEL.GFL = CN()
-    for key, value in _GFL_DEFAULTS.items():
-        if key not in cfg.MODEL.GFL:
-            cfg.MODEL.GFL[key] = value
+    add_detector_node(cfg, "GFL", _GFL_DEFAULTS)
 
 
 def apply_gfl_architecture(cfg: CN) -> CN:
