@@ -368,3 +368,12 @@ def test_steps_and_warmup_past_max_iter_are_a_warning_line(caplog):
         to_detectron2_cfg(cfg, output_dir="run")
     assert "schedule.steps: [500, 640] at or after schedule.max_iter=20: the learning rate is not decayed there" in caplog.text
     assert "schedule.warmup_iters=100 > schedule.max_iter=20" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["cocoeval", "anchors", "ur", "overfit", "tiling", "sahi", "help"])
+def test_ugs_bench_refuses_an_unwritable_out_before_running(tmp_path, command):
+    """The report's --out is checked before the benchmark runs (they take minutes to hours)."""
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "report.md"
+    proc = run_batch([("ugs_d2.cli.bench", [command, "--out", out], tmp_path)])[0]
+    assert_one_line_failure(proc, "ugs-bench", f"--out {out} cannot be written", "is not a writable directory")

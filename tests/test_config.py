@@ -84,9 +84,9 @@ def test_unwritable_output_directory_is_named(tmp_path):
             target = target / "run"
         else:
             target = locked / "run"
-        with pytest.raises(CommandLineError, match="not writable") as info:
+        with pytest.raises(CommandLineError, match="^hydra.run.dir: output directory .* cannot be written") as info:
             validate_command_line([f"hydra.run.dir={target}"])
-        assert str(target) in str(info.value)
+        assert str(target) in str(info.value) and "is not a writable directory" in str(info.value)
     finally:
         locked.chmod(0o700)
 

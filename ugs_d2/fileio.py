@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Optional
 
-__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "atomic_open", "write_atomic", "write_text_atomic",
-           "write_json_atomic"]
+__all__ = ["TMP_PREFIX", "MAX_DIRNAME", "run_dirname", "output_problem", "atomic_open", "write_atomic",
+           "write_text_atomic", "write_json_atomic"]
 
 # Temporary files start with this and never end in the target's name, so globs for
 # checkpoints (``*.pth``) or results never pick one up.
@@ -91,6 +91,25 @@ def write_json_atomic(path: str, obj: Any, **dumps_kwargs: Any) -> None:
 
 
 MAX_DIRNAME = 120
+
+
+def output_problem(path: str, directory: bool = False) -> Optional[str]:
+    """Why ``path`` cannot be written as an output file (``directory``: created or filled as an
+    output directory), or None. Checked before the work, so that a command does not run for
+    minutes and then fail to write its result: the path must be of the right kind if it exists,
+    and its nearest existing directory writable.
+
+    Returns e.g. ``"exists and is not a directory"`` or ``"cannot be written (/data is not a
+    writable directory)"``, for the caller to prefix with its option name.
+    """
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        return f"exists and is not {'a directory' if directory else 'a file name'}"
+    parent = os.path.abspath(path) if directory else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be written ({parent} is not a writable directory)"
+    return None
 
 
 def run_dirname(override_dirname: str) -> str:

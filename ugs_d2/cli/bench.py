@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ugs_d2.cli.validate import CONFIG_DIR
-from ugs_d2.fileio import write_text_atomic
+from ugs_d2.fileio import output_problem, write_text_atomic
 
 __all__ = [
     "BenchError",
@@ -750,6 +750,9 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
     """``main`` returning what ``run_overhead`` returned plus ``report`` (the markdown)."""
     argv = list(argv)
     args = _parser().parse_args(argv)
+    problem = output_problem(args.out) if getattr(args, "out", None) else None
+    if problem:  # before the benchmark runs (minutes to hours), not after
+        raise SystemExit(f"{PROG}: --out {args.out} {problem}")
     if args.command == "sahi":
         from ugs_d2.cli import bench_sahi
 

@@ -37,13 +37,11 @@ def _positive_int(text: str) -> int:
 
 def _check_output_dir(path: str) -> None:
     """The output must be a directory (or not exist yet) under a writable parent."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise SystemExit(f"ugs-data: --out {path} exists and is not a directory")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"ugs-data: --out {path} is not writable ({parent})")
+    from ugs_d2.fileio import output_problem
+
+    problem = output_problem(path, directory=True)
+    if problem:
+        raise SystemExit(f"ugs-data: --out {path} {problem}")
 
 
 def _format_statistics(split: str, stats: dict) -> str:

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ugs_d2.fileio import output_problem
+
 __all__ = ["main", "detection_budget", "find_images", "to_coco_results"]
 
 PROG = "ugs-predict"
@@ -90,14 +92,9 @@ def to_coco_results(instances, image_key: Dict, category_ids: Optional[List[int]
 
 def _check_output(option: str, path: str, directory: bool) -> None:
     """An output must be creatable: of the right kind if it exists, under a writable directory."""
-    if os.path.exists(path) and os.path.isdir(path) != directory:
-        expected = "a directory" if directory else "a file name"
-        raise SystemExit(f"{PROG}: {option} {path} exists and is not {expected}")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"{PROG}: {option} {path} cannot be written ({parent} is not a writable directory)")
+    problem = output_problem(path, directory)
+    if problem:
+        raise SystemExit(f"{PROG}: {option} {path} {problem}")
 
 
 def _dataset_info(run_dir: str,

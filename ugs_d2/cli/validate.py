@@ -18,6 +18,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
 from ugs_d2.compat import hydra_args_parser
+from ugs_d2.fileio import output_problem
 
 __all__ = ["CONFIG_DIR", "CONFIG_PATH", "CommandLineError", "validate_command_line", "d2_overrides_as_hydra"]
 
@@ -100,11 +101,9 @@ def _check_writable(overrides: List[Override]) -> None:
     chosen = {o.key_or_group: o.value() for o in overrides if not o.is_sweep_override()}
     for key, default in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun")):
         path = os.path.abspath(str(chosen.get(key, default)))
-        parent = path
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-            raise CommandLineError(f"output directory {path} is not writable ({key}; {parent})")
+        problem = output_problem(path, directory=True)
+        if problem:
+            raise CommandLineError(f"{key}: output directory {path} {problem}")
 
 
 def _combinations(overrides: List[Override]) -> Iterable[List[str]]:
