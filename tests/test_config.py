@@ -27,6 +27,9 @@ def test_defaults_compose_and_convert():
         ("seed=7", "SEED", 7),
         ("device=cpu", "MODEL.DEVICE", "cpu"),
         ("model=faster_rcnn_r50_fpn", "INPUT.MAX_SIZE_TEST", 1333),
+        ("schedule.checkpoints_to_keep=3", "SOLVER.CHECKPOINTS_TO_KEEP", 3),
+        ("schedule=1x", "SOLVER.CHECKPOINTS_TO_KEEP", 0),  # keep all, as detectron2
+        ("schedule=smoke", "SOLVER.CHECKPOINTS_TO_KEEP", 2),
     ],
 )
 def test_override_reaches_cfgnode_with_its_type(override, path, expected):
@@ -61,6 +64,7 @@ def test_ugs_presets_set_the_architecture():
         (["ugs.roi.num_intervals=0"], "ugs.roi.num_intervals"),
         (["ugs.um_weight=-0.5"], "ugs.um_weight"),
         (["device=tpu"], "device: expected auto, cpu or cuda"),
+        (["schedule.checkpoints_to_keep=-1"], "schedule.checkpoints_to_keep: expected an integer >= 0"),
     ],
 )
 def test_bad_overrides_fail_in_one_line_naming_the_key(argv, message):

@@ -159,7 +159,9 @@ def test_full_disk_during_a_checkpoint_write(tiny_dataset, tmp_path):
     probe = tmp_path / "probe"
     sized = run_ugs_train(_args(tiny_dataset, probe), cwd=str(tmp_path))
     assert sized.returncode == 0, sized.stderr[-2000:]
-    checkpoint_mb = os.path.getsize(probe / "model_0000001.pth") / 2**20
+    # schedule=smoke keeps the newest two periodic checkpoints (schedule.checkpoints_to_keep)
+    assert sorted(n for n in os.listdir(probe) if n.startswith("model_0")) == ["model_0000005.pth", "model_0000007.pth"]
+    checkpoint_mb = os.path.getsize(probe / "model_final.pth") / 2**20
     if not _mount_tmpfs(disk, f"{int(1.5 * checkpoint_mb) + 2}m"):
         pytest.skip("cannot mount a tmpfs here")
     try:

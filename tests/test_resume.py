@@ -156,6 +156,28 @@ def test_atomic_checkpointer_leaves_no_partial_file(tmp_path, monkeypatch):
     assert torch.equal(other.weight, model.weight)
 
 
+def test_keep_last_checkpoints_counts_what_an_earlier_attempt_left(tmp_path):
+    """schedule.checkpoints_to_keep: the newest N periodic checkpoints stay, model_final and the
+    ones a preempted attempt left behind included in the count (fvcore alone forgets those)."""
+    from detectron2.engine.hooks import IterationTimer, PeriodicCheckpointer
+
+    from ugs_d2.engine.trainer import keep_last_checkpoints
+
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    for name in ("model_0000001", "model_0000003"):  # the earlier attempt's
+        ckpt.save(name)
+    timer = IterationTimer()
+    hooks = keep_last_checkpoints([timer, PeriodicCheckpointer(ckpt, 2)], ckpt, period=2, keep=2)
+    assert hooks[0] is timer and isinstance(hooks[1], PeriodicCheckpointer)
+    hooks[1].max_iter = 8
+    for iteration in range(4, 8):
+        hooks[1].step(iteration)
+    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth"))
+    assert names == ["model_0000005.pth", "model_0000007.pth", "model_final.pth"]
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == "model_final.pth"
+    assert _leftover_temp_files(tmp_path) == []
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_previous(tmp_path):
     """A real write failure (the process's file-size limit: EFBIG, as a full disk gives ENOSPC)
     half-way through the checkpoint: one-line CheckpointError, the tag and previous checkpoint

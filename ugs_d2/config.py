@@ -70,7 +70,7 @@ BRIDGE = (
     ("model.input.min_size_train", "INPUT.MIN_SIZE_TRAIN", tuple),
     *_same("model.input", "INPUT", "max_size_train min_size_test max_size_test random_flip resize"),
     *_same("schedule", "SOLVER", "ims_per_batch base_lr momentum weight_decay warmup_iters max_iter "
-           "checkpoint_period"),
+           "checkpoint_period checkpoints_to_keep"),
     ("schedule.steps", "SOLVER.STEPS", tuple), ("schedule.eval_period", "TEST.EVAL_PERIOD"),
     *(row for s in ("rpn", "roi") for row in _same(f"ugs.{s}", f"MODEL.UGS.{s.upper()}",
                                                    "enabled reg_loss range modulator num_intervals grid_form")),

@@ -150,6 +150,8 @@ class ScheduleSchema:
     steps: List[int] = MISSING
     checkpoint_period: int = MISSING
     eval_period: int = MISSING
+    # the newest periodic checkpoints kept in the run directory; 0 keeps them all (detectron2)
+    checkpoints_to_keep: int = 0
 
 
 @dataclass
@@ -442,6 +444,7 @@ CHECKS: Tuple[Check, ...] = (
     ("schedule.weight_decay", _at_least(0), "a finite number >= 0"),
     ("schedule.warmup_iters", _at_least(0), "an integer >= 0"),
     ("schedule.eval_period", _at_least(0), "an integer >= 0 (0: only at the end)"),
+    ("schedule.checkpoints_to_keep", _at_least(0), "an integer >= 0 (0: keep every checkpoint)"),
     ("schedule.steps", _increasing_positive, "increasing positive iterations"),
     ("ugs.rpn.smooth_l1_beta", _at_least(0), ">= 0 (0 = L1)"),
     ("ugs.roi.smooth_l1_beta", _at_least(0), ">= 0 (0 = L1)"),

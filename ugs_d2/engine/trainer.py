@@ -15,9 +15,33 @@ from ugs_d2.engine.checkpoint import AtomicCheckpointer, CheckpointError
 from ugs_d2.engine.wandb_writer import build_wandb_writer
 from ugs_d2.evaluation.metrics import repair_truncated_tail
 
-__all__ = ["TrainingDiverged", "UGSTrainer", "one_line_error", "stop_on_non_finite_loss"]
+__all__ = ["TrainingDiverged", "UGSTrainer", "keep_last_checkpoints", "one_line_error", "stop_on_non_finite_loss"]
 
 logger = logging.getLogger(__name__)
+
+
+_PERIODIC_CHECKPOINT = re.compile(r"model_\d{7}\.pth")
+
+
+def keep_last_checkpoints(hooks: list, checkpointer, period: int, keep: int) -> list:
+    """``hooks`` with detectron2's ``PeriodicCheckpointer`` rebuilt to keep only the ``keep``
+    newest periodic checkpoints (``model_final.pth`` is never deleted).
+
+    fvcore's ``max_to_keep`` only counts what this process saved; the periodic checkpoints a
+    preempted attempt left in the run directory are counted first, so a requeued job does not
+    pile them up either.
+    """
+    from detectron2.engine.hooks import PeriodicCheckpointer
+
+    rebuilt = []
+    for hook in hooks:
+        if isinstance(hook, PeriodicCheckpointer):
+            hook = PeriodicCheckpointer(checkpointer, period, max_to_keep=keep)
+            run_dir = checkpointer.save_dir
+            left = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+            hook.recent_checkpoints = [os.path.join(run_dir, n) for n in left if _PERIODIC_CHECKPOINT.fullmatch(n)]
+        rebuilt.append(hook)
+    return rebuilt
 
 
 class TrainingDiverged(FloatingPointError):
@@ -231,6 +255,9 @@ class UGSTrainer(DefaultTrainer):
         if not isinstance(self.checkpointer, AtomicCheckpointer):
             self.checkpointer = AtomicCheckpointer.replacing(self.checkpointer)
         hooks = super().build_hooks()
+        keep = self.cfg.SOLVER.get("CHECKPOINTS_TO_KEEP", 0)  # absent from configs not made by to_detectron2_cfg
+        if keep:
+            hooks = keep_last_checkpoints(hooks, self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, keep)
         gradvar = self.cfg.get("GRADVAR")  # absent from configs not made by to_detectron2_cfg
         if gradvar is not None and gradvar.ENABLED:  # gradient-variance probe, paper Sec. 4.6
             from detectron2.engine.hooks import PeriodicWriter
