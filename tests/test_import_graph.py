@@ -208,7 +208,10 @@ def test_no_import_cycles_below_the_command_line(graph):
 #: the dependency direction, top to bottom: a module may import its own layer or the ones below
 LAYERS = (
     ("entry points", ("ugs_d2.train", "ugs_d2.cli")),
-    ("engine / harness", ("ugs_d2.engine", "ugs_d2.harness", "ugs_d2.inference", "ugs_d2.config")),
+    # bench: the benchmarks ugs-bench runs (they train and predict); analysis: what the
+    # commands report about runs and datasets
+    ("engine / harness", ("ugs_d2.engine", "ugs_d2.harness", "ugs_d2.inference", "ugs_d2.config",
+                          "ugs_d2.bench", "ugs_d2.analysis")),
     ("modeling / data / evaluation", ("ugs_d2.modeling", "ugs_d2.data", "ugs_d2.evaluation", "ugs_d2.anchors")),
     ("base", ("ugs_d2.bins", "ugs_d2.losses", "ugs_d2.boxes", "ugs_d2.compat", "ugs_d2.fileio",
               "ugs_d2.interrupts", "ugs_d2.environment")),

@@ -25,10 +25,7 @@ Every ratio is against ``off`` measured in the same run. The markdown report goe
 """
 import argparse
 import copy
-import datetime
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -36,8 +33,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ugs_d2.bench.common import PROG, BenchError, machine_lines, quartiles, ratio, run_and_report
 from ugs_d2.cli.validate import CONFIG_DIR
-from ugs_d2.fileio import output_problem, write_text_atomic
+from ugs_d2.fileio import output_problem
 
 __all__ = [
     "BenchError",
@@ -50,7 +48,6 @@ __all__ = [
     "profile_cpu_step_peak",
 ]
 
-PROG = "ugs-bench"
 #: Table 6 order; presets found in configs/ugs but not listed here are appended alphabetically.
 PRESET_ORDER = (
     "off", "l1", "smooth_l1", "giou", "grad_clip", "kl", "ce_uniform", "ce_in", "ce_in_um", "full",
@@ -60,10 +57,6 @@ PRESET_ORDER = (
 #: preset the step target is 1.4x (fixed costs weigh more there), see results/overhead*.md.
 TARGETS = {"step": 1.15, "memory": 1.13, "inference": 1.05}
 BENCH_PROFILE_MARK = "ugs_bench::zero_grad_backward_step"
-
-
-class BenchError(ValueError):
-    """A benchmark argument or configuration is unusable; the message is one line."""
 
 
 def available_presets() -> List[str]:
@@ -514,44 +507,6 @@ def run_overhead(
 # report
 
 
-def _machine(device: str) -> List[str]:
-    import torch
-
-    from ugs_d2.compat import describe_detectron2
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    lines = [
-        f"CPU: {cpu}; {os.cpu_count()} logical CPUs ({usable} usable), torch threads {torch.get_num_threads()}",
-        f"python {platform.python_version()}, torch {torch.__version__}, {describe_detectron2()}",
-    ]
-    if device == "cuda":
-        lines.append(f"GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
-    return lines
-
-
-def _ratio(value: Optional[float], reference: Optional[float]) -> str:
-    if value is None or not reference:
-        return "n/a"
-    return f"{value / reference:.2f}x"
-
-
-def _quartiles(values: List[float]):
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
-
-
 def format_report(outcome: Dict, command: str, started: str, wall_s: float, loads=()) -> str:
     """The markdown report: header (command, date, machine, setup, targets), table, notes."""
     results, setup = outcome["results"], outcome["setup"]
@@ -563,7 +518,7 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
         "",
         f"- command: `{command}`",
         f"- date: {started} (wall time of the run: {wall_s:.0f} s)",
-        *(f"- {line}" for line in _machine(setup["device"])),
+        *(f"- {line}" for line in machine_lines(setup["device"])),
     ]
     if loads:
         lines.append(f"- load average (1 min) at start / end: {loads[0]:.2f} / {loads[-1]:.2f}")
@@ -589,16 +544,16 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
         "|---|---|" + "---:|" * 13,
     ]
     for r in results:
-        q1, q3 = _quartiles(r.step_s)
+        q1, q3 = quartiles(r.step_s)
         peak = f"{r.peak_bytes / mb:.1f}" if r.peak_bytes is not None else "n/a"
         static = f"{r.static_bytes / mb:.1f}" if r.static_bytes is not None else "n/a"
         dets = statistics.mean(r.detections_per_image) if r.detections_per_image else 0.0
         lines.append(
             f"| {r.name} | {r.meta_architecture} | {1000 * r.step_median:.1f} | {1000 * q1:.0f}-{1000 * q3:.0f} "
-            f"| {1000 * r.step_min:.1f} | {_ratio(r.step_median, off.step_median)} "
-            f"| {_ratio(r.step_min, off.step_min)} | {peak} | {static} "
-            f"| {_ratio(r.peak_bytes, off.peak_bytes)} | {1000 * r.infer_median:.1f} | {1000 * r.infer_min:.1f} "
-            f"| {_ratio(r.infer_median, off.infer_median)} | {_ratio(r.infer_min, off.infer_min)} | {dets:.1f} |"
+            f"| {1000 * r.step_min:.1f} | {ratio(r.step_median, off.step_median)} "
+            f"| {ratio(r.step_min, off.step_min)} | {peak} | {static} "
+            f"| {ratio(r.peak_bytes, off.peak_bytes)} | {1000 * r.infer_median:.1f} | {1000 * r.infer_min:.1f} "
+            f"| {ratio(r.infer_median, off.infer_median)} | {ratio(r.infer_min, off.infer_min)} | {dets:.1f} |"
         )
     if "full" in by_name:
         full = by_name["full"]
@@ -613,10 +568,10 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
             if value is None or not reference:
                 verdicts.append(f"{what} n/a")
                 continue
-            ratio = value / reference
+            times = value / reference
             of_mins = f", {min_ratio:.2f}x of minima" if min_ratio is not None else ""
             verdicts.append(
-                f"{what} {ratio:.2f}x{of_mins} ({'meets' if ratio <= target else 'misses'} <= {target:.2f}x)"
+                f"{what} {times:.2f}x{of_mins} ({'meets' if times <= target else 'misses'} <= {target:.2f}x)"
             )
         lines += ["", f"**full vs off**: {'; '.join(verdicts)}."]
     memory_how = (
@@ -796,38 +751,6 @@ def run_command_line(argv: List[str], invoked_as: str = PROG) -> Dict:
 
     return run_and_report(run, format_report, args.out, argv, invoked_as, PROG, log)
 
-
-def run_and_report(
-    run: Callable[[], Dict],
-    format_report: Callable[[Dict, str, str, float, List[float]], str],
-    out: str,
-    argv: Sequence[str],
-    invoked_as: str,
-    prog: str,
-    log: Callable[[str], None],
-) -> Dict:
-    """Time ``run()`` (a ``BenchError`` exits with one line), then write ``out`` atomically from
-    ``format_report(outcome, command, started, wall_s, load averages before/after)`` and print it.
-
-    Returns the outcome plus ``report`` (the markdown).
-    """
-    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    loads = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
-    start = time.perf_counter()
-    try:
-        outcome = run()
-    except BenchError as e:
-        raise SystemExit(f"{prog}: {e}") from None
-    wall_s = time.perf_counter() - start
-    if loads:
-        loads.append(os.getloadavg()[0])
-    command = " ".join([invoked_as, shlex.join(list(argv))]).strip()
-    report = format_report(outcome, command, started, wall_s, loads)
-    write_text_atomic(out, report)
-    print(report)
-    log(f"wrote {out} ({wall_s:.0f} s)")
-    outcome["report"] = report
-    return outcome
 
 if __name__ == "__main__":
     main()

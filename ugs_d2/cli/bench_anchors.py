@@ -193,7 +193,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_command_line(args: argparse.Namespace, argv: Sequence[str], invoked_as: str) -> Dict[str, Any]:
-    from ugs_d2.cli.bench import PROG, BenchError, run_and_report
+    from ugs_d2.bench.common import PROG, BenchError, run_and_report
     from ugs_d2.data.coco_json import DatasetError, read_coco_json
 
     log = lambda m: print(f"[{PROG} anchors] {m}", file=sys.stderr, flush=True)  # noqa: E731

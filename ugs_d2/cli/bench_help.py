@@ -145,7 +145,7 @@ def add_parser(sub) -> None:
 
 
 def run_command_line(args, argv: List[str], invoked_as: str) -> Dict:
-    from ugs_d2.cli.bench import PROG, BenchError, run_and_report
+    from ugs_d2.bench.common import PROG, BenchError, run_and_report
 
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[{PROG}] {m}", file=sys.stderr, flush=True))
 

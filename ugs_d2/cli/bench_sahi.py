@@ -68,8 +68,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ugs_d2.bench.common import BenchError, machine_lines, run_and_report
 from ugs_d2.boxes import box_iou, clip_boxes
-from ugs_d2.cli.bench import BenchError, _machine, run_and_report
 from ugs_d2.fileio import write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -761,7 +761,7 @@ def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: f
         "",
         f"Started {started}, took {wall_s:.0f} s{load_text}.",
         "",
-        *[f"- {line}" for line in _machine(setup["device"])],
+        *[f"- {line}" for line in machine_lines(setup["device"])],
         f"- SAHI {setup['sahi_version']} (postprocess backend: {setup['sahi_backend']}); every variant in a fresh "
         f"process with {setup['threads']} torch thread(s) on {setup['device']}",
         f"- model: {_display_path(setup['config'])} ({model['meta_architecture']}, {model['num_classes']} classes, "

@@ -96,7 +96,7 @@ def run_tiling_bench(runs: Sequence[Tuple[str, str]], num_images: int, size: Tup
     """Every (run, mode) pair on the same scenes; returns ``{"rows", "setup"}``."""
     import torch
 
-    from ugs_d2.cli.bench import BenchError
+    from ugs_d2.bench.common import BenchError
     from ugs_d2.cli.bench_sahi import make_scene
     from ugs_d2.evaluation.small_object import evaluate_detections
     from ugs_d2.inference.tiled import TiledPredictor, _to_model_tensor, load_model, predict_whole_image
@@ -230,7 +230,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_command_line(args: argparse.Namespace, argv: Sequence[str], invoked_as: str) -> Dict[str, Any]:
-    from ugs_d2.cli.bench import PROG, BenchError, run_and_report
+    from ugs_d2.bench.common import PROG, BenchError, run_and_report
 
     log = lambda m: print(f"[{PROG} tiling] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
