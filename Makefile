@@ -2,6 +2,7 @@
 # Both install everything into .venv on first use (see launch/install.sh).
 #
 #   make install D2_SOURCE=/path/to/detectron2   # use official detectron2 (full C++/CUDA ops)
+#   make install D2_SOURCE=fallback              # back to the registry fallback (no C++ ops)
 #   make run ARGS="ugs=full seed=1"              # any ugs-train overrides
 #   make test PYTEST_ARGS="-k bins"
 #   make lint            # ruff: pyflakes, pycodestyle, import order (pyproject.toml)
@@ -19,7 +20,7 @@ export PYTHON VENV D2_SOURCE LOCK
 .PHONY: install run test lint test-upstream bench-deps bench-deps-headless clean-outputs help FORCE
 
 help:
-	@sed -n '1,10p' Makefile
+	@sed -n '1,11p' Makefile
 
 install: $(VENV)/.installed
 

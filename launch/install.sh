@@ -4,6 +4,7 @@
 #   launch/install.sh                      # fallback detectron2 (registry sdist, no C++ ops)
 #   D2_SOURCE=/path/to/detectron2 launch/install.sh   # official source: full build
 #   D2_SOURCE='git+https://github.com/facebookresearch/detectron2.git' launch/install.sh
+#   D2_SOURCE=fallback launch/install.sh   # back to the registry fallback from a source build
 #   LOCK= launch/install.sh                # without the lock (launch/constraints.txt)
 #
 # Idempotent: every step is skipped when what it installs is already there. A D2_SOURCE other
@@ -55,8 +56,23 @@ built_from() {
     "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"])' "$SOURCE_RECORD" 2>/dev/null || true
 }
 
+install_fallback() {
+    echo "[install] building the registry fallback pb1-detectron2==0.6 (no C++ ops)"
+    "$PY" launch/detectron2_fallback.py
+}
+
 current=$(d2_installed_from)
-if [ -n "$D2_SOURCE" ]; then
+if [ "$D2_SOURCE" == fallback ]; then
+    if [[ "$current" == pb1-detectron2* ]] && [ "${D2_REINSTALL:-0}" != 1 ]; then
+        echo "[install] $current (the registry fallback) already installed"
+    else
+        from=$(built_from)
+        [ -z "$current" ] || echo "[install] replacing $current${from:+ (built from $from)} by the registry fallback"
+        "${PIP[@]}" uninstall -q -y pb1-detectron2 detectron2 2>/dev/null || true
+        rm -f "$SOURCE_RECORD"
+        install_fallback
+    fi
+elif [ -n "$D2_SOURCE" ]; then
     if [[ "$current" == detectron2* ]] && [ "$(built_from)" == "$D2_SOURCE" ] && [ "${D2_REINSTALL:-0}" != 1 ]; then
         echo "[install] $current already built from $D2_SOURCE (D2_REINSTALL=1 to rebuild)"
     else
@@ -78,8 +94,8 @@ os.replace(path + ".tmp", path)
 PY
     fi
 elif [ -z "$current" ]; then
-    echo "[install] no D2_SOURCE given: building the registry fallback pb1-detectron2==0.6 (no C++ ops)"
-    "$PY" launch/detectron2_fallback.py
+    echo "[install] no D2_SOURCE given"
+    install_fallback
 else
     echo "[install] $current already installed"
 fi
