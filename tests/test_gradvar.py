@@ -12,8 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ugs_d2.cli import gradvar as cli
-from ugs_d2.cli import gradvar as gradvar_cli
+from ugs_d2.analysis import gradvar as gradvar_analysis
 from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.engine.gradvar import (
@@ -78,7 +77,7 @@ def test_size_buckets_are_half_open(size, bucket):
 
 
 def test_the_cli_knows_the_buckets_in_order():
-    assert cli.BUCKET_ORDER == ALL_BUCKETS
+    assert gradvar_analysis.BUCKET_ORDER == ALL_BUCKETS
 
 
 # --- the probe on a toy ROI head --------------------------------------------------------------
@@ -265,7 +264,7 @@ def test_tiny_runs_log_gradvar_and_ugs_gradvar_compares_them(tiny_dataset, tmp_p
     proc = run_gradvar(run_dirs["off"], run_dirs["ce_in"])
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[4:]}
-    series_off, series_ce = (cli.load_gradvar(str(run_dirs[p])) for p in ("off", "ce_in"))
+    series_off, series_ce = (gradvar_analysis.load_gradvar(str(run_dirs[p])) for p in ("off", "ce_in"))
     last_off, last_ce = series_off[max(series_off)], series_ce[max(series_ce)]
     with_var = [
         b for b in ALL_BUCKETS if "var" in last_off.get(b, {}) and "var" in last_ce.get(b, {})
@@ -330,15 +329,15 @@ def test_ugs_gradvar_sweep_pairs_seeds_and_reports_mean_and_std(tmp_path):
     _sweep_job(sweep, [*common, "ugs=full", "seed=2"], _gv((19, 1, 1)), done=False)
     _sweep_job(sweep, [*common, "ugs=kl", "seed=0"], _gv((19, 1, 1)))
 
-    pairs = gradvar_cli.pair_sweep(str(sweep), "ugs=off", "ugs=full")
+    pairs = gradvar_analysis.pair_sweep(str(sweep), "ugs=off", "ugs=full")
     assert [label for label, _, _ in pairs] == ["experiment=t6,seed=0", "experiment=t6,seed=1"]
-    last, _ = gradvar_cli.compare_sweep(pairs)
+    last, _ = gradvar_analysis.compare_sweep(pairs)
     (small,) = [row for row in last if row["bucket"] == "small"]
     assert small["ratio"][0] == pytest.approx(5.0) and small["ratio"][1] == pytest.approx(2 ** 0.5)
     assert small["cv2_ratio"][0] == pytest.approx(0.875)
     assert small["cv2_ratio"][1] == pytest.approx(1.25 / 2 ** 0.5)
     assert small["mag_ratio"][0] == pytest.approx(3.0) and small["ratio"][2] == 2
-    averaged, _ = gradvar_cli.compare_sweep(pairs, mean=True)
+    averaged, _ = gradvar_analysis.compare_sweep(pairs, mean=True)
     (small,) = [row for row in averaged if row["bucket"] == "small"]
     assert small["ratio"][0] == pytest.approx(3.5) and small["ratio"][1] == pytest.approx(0.5 ** 0.5)
 
@@ -569,7 +568,7 @@ def test_faithful_probe_logs_its_window_and_leaves_training_identical(tiny_datas
         assert torch.equal(a[key], b[key]), key
     expected_loss = {"off": "L1 (SMOOTH_L1_BETA 0) in RPN and ROI head",
                      "full": "UGS bins in RPN and ROI head + UM + UR"}[preset]
-    assert cli.describe_loss(str(probed)) == expected_loss
+    assert gradvar_analysis.describe_loss(str(probed)) == expected_loss
 
 
 @pytest.mark.slow
@@ -604,7 +603,7 @@ def test_the_localization_loss_is_named_from_the_run_config(tmp_path):
     import yaml
 
     def name(text):
-        return cli.describe_d2_config(yaml.safe_load(text))
+        return gradvar_analysis.describe_d2_config(yaml.safe_load(text))
 
     assert name(_d2_yaml(0.0)) == "L1 (SMOOTH_L1_BETA 0) in RPN and ROI head"
     assert name(_d2_yaml(1.0)) == "Smooth-L1 (beta 1) in RPN and ROI head"
@@ -622,12 +621,12 @@ def test_the_localization_loss_is_named_from_the_run_config(tmp_path):
     (run / ".hydra" / "config.yaml").write_text(
         "ugs:\n  rpn: {enabled: false, reg_loss: smooth_l1}\n  roi: {enabled: false, reg_loss: smooth_l1}\n"
         "  um_weight: 0.0\n  ur_weight: 0.0\n")
-    assert cli.describe_loss(str(run)) == "L1 (SMOOTH_L1_BETA 0) in RPN and ROI head"
+    assert gradvar_analysis.describe_loss(str(run)) == "L1 (SMOOTH_L1_BETA 0) in RPN and ROI head"
     (run / ".hydra" / "config.yaml").write_text(
         "ugs:\n  rpn: {enabled: false, reg_loss: smooth_l1, smooth_l1_beta: 1.0}\n"
         "  roi: {enabled: false, reg_loss: smooth_l1, smooth_l1_beta: 1.0}\n")
-    assert cli.describe_loss(str(run)) == "Smooth-L1 (beta 1) in RPN and ROI head"
-    assert cli.describe_loss(str(tmp_path)) == "unknown"
+    assert gradvar_analysis.describe_loss(str(run)) == "Smooth-L1 (beta 1) in RPN and ROI head"
+    assert gradvar_analysis.describe_loss(str(tmp_path)) == "unknown"
 
 
 def _fv(*windows):
@@ -655,12 +654,12 @@ def _faithful_sweep(tmp_path):
 
 def test_ugs_gradvar_sweep_reports_the_faithful_ratios_and_names_the_baseline(tmp_path):
     sweep = _faithful_sweep(tmp_path)
-    pairs = gradvar_cli.pair_sweep(str(sweep), "ugs=off", "ugs=full")
-    last, _ = gradvar_cli.compare_sweep_faithful(pairs)
+    pairs = gradvar_analysis.pair_sweep(str(sweep), "ugs=off", "ugs=full")
+    last, _ = gradvar_analysis.compare_sweep_faithful(pairs)
     (lt32,) = last
     assert lt32["cv2_ratio"][0] == pytest.approx(4.0) and lt32["cv2_ratio"][1] == pytest.approx(2 ** 0.5)
     assert lt32["var_ratio"][0] == pytest.approx(3.5) and lt32["var_ratio"][1] == pytest.approx(4.5 ** 0.5)
-    averaged, _ = gradvar_cli.compare_sweep_faithful(pairs, mean=True)
+    averaged, _ = gradvar_analysis.compare_sweep_faithful(pairs, mean=True)
     assert averaged[0]["cv2_ratio"][:2] == (pytest.approx(3.5), pytest.approx(0.0))
     assert averaged[0]["var_ratio"][:2] == (pytest.approx(3.0), pytest.approx(0.0))
 

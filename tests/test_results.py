@@ -6,6 +6,8 @@ import pytest
 from conftest import write_sweep_job
 from omegaconf import OmegaConf
 
+from ugs_d2.analysis import sweep_report
+from ugs_d2.analysis.results import collect
 from ugs_d2.cli import results as collector
 from ugs_d2.harness.callbacks import CollectResults
 
@@ -46,7 +48,7 @@ def sweep(tmp_path):
 
 
 def test_collect_groups_and_statuses(sweep):
-    c = collector.collect(str(sweep))
+    c = collect(str(sweep))
     assert c.name == "fake"
     assert c.varying == ["ugs"]
     # num_workers, device, seed and the runs' exclude_keys (wandb.mode) are dropped
@@ -94,7 +96,7 @@ def test_cli_writes_table_csv_and_plots(sweep, tmp_path, capsys):
         with open(tmp_path / "results" / png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
     assert not [n for n in os.listdir(tmp_path / "results") if n.startswith(".tmp-")]
-    series = collector._gradvar_series(collector.collect(str(sweep)).groups[0].jobs[0])
+    series = sweep_report._gradvar_series(collect(str(sweep)).groups[0].jobs[0])
     assert series == {"small": {0: 2.0, 10: 22.0, 20: 42.0, 30: 80.0}, "large": {0: 1.0, 10: 1.0, 20: 1.0}}
 
 
@@ -104,7 +106,7 @@ def test_single_run_numeric_sweep_and_default_out(tmp_path, monkeypatch):
         _job(sweep, f"j{i}", [f"ugs.um_weight={w}", f"ugs.ur_rho={rho}", "seed=0"], num=i,
              results={"AP": 10.0 + i, "APs": 5.0 + i})
     monkeypatch.chdir(tmp_path)
-    written = collector.collect_and_write(str(sweep))  # no multirun.yaml: name = the folder's
+    written = sweep_report.collect_and_write(str(sweep))  # no multirun.yaml: name = the folder's
     assert written["md"] == os.path.join("results", "sw.md")
     assert "| 0.1 | 0.5 | 1 | 10.0 | 40.0 |" in written["markdown"]  # one run: no ±
     assert sorted(os.listdir(tmp_path / "results")) == [

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import TINY_RUN, run_ugs_train
 
+from ugs_d2.analysis.results import collect
 from ugs_d2.cli.bench_cocoeval import make_case
-from ugs_d2.cli.results import collect
 from ugs_d2.cli.validate import _compose, validate_command_line
 from ugs_d2.compat import HAS_COMPILED_OPS
 from ugs_d2.config import ConfigError, to_detectron2_cfg

@@ -16,9 +16,8 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ugs_d2.cli import gradvar as gradvar_cli
-from ugs_d2.cli.gradvar import mean_std
-from ugs_d2.cli.results import CollectError, Group, collect
+from ugs_d2.analysis.gradvar import GradVarError, compare_sweep, format_mean_std, pair_sweep
+from ugs_d2.analysis.results import CollectError, Group, collect, mean_std
 from ugs_d2.fileio import write_text_atomic
 
 # detector -> (sweep name, overrides that select it in that sweep)
@@ -109,11 +108,11 @@ def summarize(multirun: str = "multirun") -> Dict[str, object]:
 
     gradvar = None
     try:
-        pairs = gradvar_cli.pair_sweep(os.path.join(multirun, TABLE6), "ugs=off", "ugs=full")
-        last, _ = gradvar_cli.compare_sweep(pairs)
+        pairs = pair_sweep(os.path.join(multirun, TABLE6), "ugs=off", "ugs=full")
+        last, _ = compare_sweep(pairs)
         gradvar = {r["bucket"]: r for r in last}
         gradvar["_pairs"] = len(pairs)
-    except gradvar_cli.GradVarError:
+    except GradVarError:
         pass
     return {"detectors": detectors, "table6": table6, "gradvar": gradvar}
 
@@ -168,9 +167,9 @@ def render(summary: Dict[str, object], command: str) -> str:
         ratio = lt32["ratio"]
         lines.append(
             f"- Gradient-variance ratio var(smooth-L1)/var(UGS), objects < 32 px, last window, "
-            f"{gradvar['_pairs']} seed pair(s): {gradvar_cli.format_mean_std(ratio)} (target >= {GRADVAR_TARGET}) "
+            f"{gradvar['_pairs']} seed pair(s): {format_mean_std(ratio)} (target >= {GRADVAR_TARGET}) "
             f"-> **{'met' if ratio[0] >= GRADVAR_TARGET else 'missed'}**; scale-free var/mean^2 ratio "
-            f"{gradvar_cli.format_mean_std(lt32['cv2_ratio'])}"
+            f"{format_mean_std(lt32['cv2_ratio'])}"
         )
     else:
         lines.append("- Gradient-variance ratio: not measured (no finished off/full pair)")

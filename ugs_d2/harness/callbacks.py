@@ -58,7 +58,7 @@ class CollectResults(Callback):
         if job_return.status != JobStatus.FAILED:
             return
         try:
-            from ugs_d2.cli.results import FAILED_MARKER
+            from ugs_d2.analysis.results import FAILED_MARKER
             from ugs_d2.compat import job_return_value
 
             error = job_return_value(job_return)
@@ -87,7 +87,8 @@ class CollectResults(Callback):
     def collect(self, config: DictConfig) -> None:
         """Run the collector on ``hydra.sweep.dir``; log (never raise) any error."""
         try:
-            from ugs_d2.cli.results import CollectError, collect, write_outputs
+            from ugs_d2.analysis.results import CollectError, collect
+            from ugs_d2.analysis.sweep_report import write_outputs
 
             sweep_dir = str(config.hydra.sweep.dir)
             try:
