@@ -573,22 +573,13 @@ class TiledInferenceModel(nn.Module):
     for inference: calling it in training mode is an error.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        spec: TilingSpec = TilingSpec(),
-        *,
-        test_size: Optional[Tuple[int, int]] = None,
-        input_format: Optional[str] = None,
-        optimize: Optional[bool] = None,
-    ):
+    def __init__(self, model: nn.Module, spec: TilingSpec = TilingSpec(), **predictor_kwargs):
+        """``predictor_kwargs``: the keyword arguments of :class:`TiledPredictor`."""
         super().__init__()
         self.model = model
-        if isinstance(model, nn.parallel.DistributedDataParallel) and optimize is None:
-            optimize = False  # a live DDP model: no private copy
-        self.predictor = TiledPredictor(
-            model, spec, test_size=test_size, input_format=input_format, optimize=optimize
-        )
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # a live DDP model: no private copy
+            predictor_kwargs.setdefault("optimize", False)
+        self.predictor = TiledPredictor(model, spec, **predictor_kwargs)
 
     @classmethod
     def from_config(cls, model: nn.Module, cfg) -> "TiledInferenceModel":
