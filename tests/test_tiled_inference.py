@@ -12,6 +12,7 @@ from ugs_d2.boxes import pairwise_overlap
 from ugs_d2.inference.tiled import (
     TiledInferenceModel,
     TiledPredictor,
+    TilingSpec,
     _greedy_owner,
     merge_detections,
     predict_whole_image,
@@ -130,7 +131,7 @@ def _assert_same_detections(a, b, atol=1e-3):
 
 def test_tiled_equals_untiled_on_an_image_smaller_than_a_tile(tiny_model):
     image = _image(50, 60)
-    predictor = TiledPredictor(tiny_model, tile=64, overlap=0.2, batch_size=4, optimize=False)  # exact: the model itself
+    predictor = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.2, batch_size=4), optimize=False)  # exact: the model itself
     tiled = predictor(image)
     tensor = torch.as_tensor(image.transpose(2, 0, 1).astype("float32"))
     with torch.no_grad():
@@ -150,8 +151,8 @@ def test_boxes_are_mapped_back_to_image_coordinates(tiny_model):
     # result is its detections shifted to the 4 quadrants (threshold 1: nothing is merged)
     small = _image(64, 64, seed=1)
     mosaic = np.tile(small, (2, 2, 1))
-    single = TiledPredictor(tiny_model, tile=64, overlap=0.0)(small)
-    predictor = TiledPredictor(tiny_model, tile=64, overlap=0.0, batch_size=4, merge="nms", metric="ios", threshold=1.0)
+    single = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.0))(small)
+    predictor = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.0, batch_size=4, merge="nms", metric="ios", threshold=1.0))
     tiled = predictor(mosaic)
     assert predictor.last_timing["windows"] == 4 and predictor.last_timing["batches"] == 1
     expected = []
@@ -170,7 +171,7 @@ def test_batch_size_does_not_change_the_result(tiny_model):
     image = _image(100, 120, seed=2)  # 64 px windows, overlap 0.25: 3 x 2 windows
     results = {}
     for batch_size in (1, 4, 8):
-        predictor = TiledPredictor(tiny_model, tile=64, overlap=0.25, batch_size=batch_size, merge="nmm", metric="ios")
+        predictor = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.25, batch_size=batch_size, merge="nmm", metric="ios"))
         results[batch_size] = predictor(image)
         assert predictor.last_timing["batches"] == -(-6 // batch_size)
     _assert_same_detections(results[1], results[4])
@@ -179,12 +180,12 @@ def test_batch_size_does_not_change_the_result(tiny_model):
 
 def test_full_image_pass_and_the_evaluation_wrapper(tiny_model):
     image = _image(100, 120, seed=3)
-    tiles_only = TiledPredictor(tiny_model, tile=64, overlap=0.25, threshold=1.0)(image)
-    with_full = TiledPredictor(tiny_model, tile=64, overlap=0.25, threshold=1.0, full_image=True, test_size=(64, 80))(image)
+    tiles_only = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.25, threshold=1.0))(image)
+    with_full = TiledPredictor(tiny_model, TilingSpec(tile=64, overlap=0.25, threshold=1.0, full_image=True), test_size=(64, 80))(image)
     # threshold 1 merges nothing: the full-image pass only adds boxes
     assert len(with_full) > len(tiles_only)
 
-    wrapper = TiledInferenceModel(tiny_model, tile=64, overlap=0.25, batch_size=8, max_detections=30).eval()
+    wrapper = TiledInferenceModel(tiny_model, TilingSpec(tile=64, overlap=0.25, batch_size=8, max_detections=30)).eval()
     tensor = torch.as_tensor(image.transpose(2, 0, 1).astype("float32"))
     out = wrapper([{"image": tensor, "height": 100, "width": 120}, {"image": tensor, "height": 200, "width": 240}])
     first, second = out[0]["instances"], out[1]["instances"]
@@ -208,7 +209,7 @@ def test_full_image_pass_and_the_evaluation_wrapper(tiny_model):
 ])
 def test_bad_predictor_arguments(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TiledPredictor(tiny_model, **kwargs)
+        TiledPredictor(tiny_model, TilingSpec(**kwargs))
 
 
 def _perturbed_bn_model(tiny_model):
@@ -264,8 +265,8 @@ def test_optimized_predictor_gives_the_same_detections_and_leaves_the_model_alon
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # original untouched
     assert not any(getattr(m, "norm", None) is not None for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
     image = _image(100, 120, seed=3)
-    plain = TiledPredictor(model, tile=64, overlap=0.25, batch_size=1, optimize=False)
-    auto = TiledPredictor(model, tile=64, overlap=0.25)  # CPU: optimized copy, batch size 1
+    plain = TiledPredictor(model, TilingSpec(tile=64, overlap=0.25, batch_size=1), optimize=False)
+    auto = TiledPredictor(model, TilingSpec(tile=64, overlap=0.25))  # CPU: optimized copy, batch size 1
     assert auto.optimize and auto.batch_size == 1 and auto.model is not model and not plain.optimize
     _assert_same_detections(plain(image), auto(image))
     with pytest.raises(ValueError, match="autocast: bf16 is for a CUDA model; this one is on cpu"):
@@ -276,7 +277,7 @@ def test_optimized_predictor_gives_the_same_detections_and_leaves_the_model_alon
 
 def test_bad_image(tiny_model):
     with pytest.raises(ValueError, match=r"image: expected an HxWx3 numpy array \(BGR\), got \(10, 10\)"):
-        TiledPredictor(tiny_model, tile=64)(np.zeros((10, 10), dtype=np.uint8))
+        TiledPredictor(tiny_model, TilingSpec(tile=64))(np.zeros((10, 10), dtype=np.uint8))
 
 
 # --- CLI and training ---------------------------------------------------------------------------

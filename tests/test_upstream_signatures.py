@@ -10,7 +10,8 @@ were read from the vendored snapshot (commit 02b5c4e).
 Two further checks keep the table complete: every method of a detectron2 / fvcore / Hydra
 class that a class of ``ugs_d2`` or ``projects/`` overrides must be in it, and no module but
 ``ugs_d2/compat.py`` may touch a private (``_``-prefixed) attribute of an object other than
-``self`` / ``cls`` / ``super()``.
+``self`` / ``cls`` / ``super()``, nor read on ``self`` one that only an upstream base class
+defines or assigns.
 """
 import ast
 import dataclasses
@@ -19,6 +20,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import textwrap
 
 import pytest
 
@@ -246,6 +248,18 @@ def test_hydra_job_return_keeps_the_exception_in_return_value():
     assert "_return_value" in {f.name for f in dataclasses.fields(JobReturn)}
 
 
+def test_coco_evaluator_keeps_its_ground_truth_and_results_where_compat_reads_them():
+    """compat.coco_evaluator_ground_truth / set_coco_evaluator_results use ``COCOEvaluator``'s
+    ``_coco_api`` (set in ``__init__``) and ``_results`` (reset by ``evaluate`` before it calls
+    ``_eval_predictions``)."""
+    from detectron2.evaluation import COCOEvaluator
+
+    assert "self._coco_api = COCO(" in inspect.getsource(COCOEvaluator.__init__)
+    evaluate = inspect.getsource(COCOEvaluator.evaluate)
+    assert "self._results = OrderedDict()" in evaluate and "return copy.deepcopy(self._results)" in evaluate
+    assert evaluate.index("self._results = OrderedDict()") < evaluate.index("self._eval_predictions(")
+
+
 def _package_classes():
     """Every class defined in ugs_d2 (but its command-line modules, which define none that
     subclass detectron2) and in the projects' packages."""
@@ -321,6 +335,56 @@ def test_private_upstream_apis_are_called_from_compat_only():
         if expr not in PRIVATE_ALLOWED
     ]
     assert not found, "private APIs outside ugs_d2/compat.py:\n" + "\n".join(found)
+
+
+#: private attributes an upstream class defines that a subclass of ours may use on ``self``:
+#: ``"module:Class.name" -> why``
+INHERITED_PRIVATE_ALLOWED = {
+    "detectron2.data.transforms.augmentation:Augmentation._init":
+        "detectron2's helper for Augmentation subclasses (its own augmentations call it)",
+    "detectron2.data.transforms.augmentation:Augmentation._rand_range":
+        "detectron2's helper for Augmentation subclasses (its own augmentations call it)",
+}
+
+
+def _self_attributes(cls):
+    """``(assigned, read)``: the ``_``-prefixed names a class's own source assigns on ``self``
+    (or defines), and ``(line, name)`` of those it reads on ``self``."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    assigned = {name for name in vars(cls) if name.startswith("_")}
+    read = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if isinstance(node.ctx, ast.Store):
+                assigned.add(node.attr)
+            else:
+                read.append((node.lineno, node.attr))
+    return assigned, read
+
+
+def inherited_private_reads():
+    """``module:Class.name`` for each private attribute that a class of ours reads on ``self``
+    although no class of ours in its MRO defines or assigns it: one of an upstream class (the
+    scan of :func:`private_uses` passes every ``self._...``, so it cannot see these)."""
+    found = set()
+    for cls in _package_classes():
+        if not any(_is_upstream(b) for b in cls.__mro__):
+            continue
+        ours = [c for c in cls.__mro__ if c.__module__.split(".")[0] in OUR_PACKAGES]
+        scanned = [_self_attributes(c) for c in ours]
+        own = set().union(*(assigned for assigned, _ in scanned))
+        for _, read in scanned:
+            for _, name in read:
+                if name not in own:
+                    owner = next((b for b in cls.__mro__ if _is_upstream(b) and name in vars(b)), cls)
+                    found.add(f"{owner.__module__}:{owner.__qualname__}.{name}")
+    return found
+
+
+def test_no_private_upstream_attribute_is_read_on_self():
+    found = sorted(inherited_private_reads() - set(INHERITED_PRIVATE_ALLOWED))
+    assert not found, "upstream private attributes read on self (go through ugs_d2.compat):\n" + "\n".join(found)
 
 
 def test_private_use_scan_by_hand(tmp_path):

@@ -40,6 +40,8 @@ __all__ = [
     "dense_loss_normalizer",
     "restore_dense_loss_normalizer",
     "last_eval_results",
+    "coco_evaluator_ground_truth",
+    "set_coco_evaluator_results",
     "builtin_metadata",
     "hydra_args_parser",
     "job_return_value",
@@ -319,6 +321,20 @@ def last_eval_results(trainer):
     """The results of the last evaluation of a ``DefaultTrainer`` (None before one), which
     detectron2's ``EvalHook`` keeps in the trainer's private ``_last_eval_results``."""
     return getattr(trainer, "_last_eval_results", None)
+
+
+def coco_evaluator_ground_truth(evaluator):
+    """The pycocotools ``COCO`` of the ground truth a ``COCOEvaluator`` loaded in its
+    ``__init__`` (private ``_coco_api``): read once there, after detectron2 converted a
+    non-COCO dataset to a cached json, so a subclass need not load it a second time."""
+    return evaluator._coco_api
+
+
+def set_coco_evaluator_results(evaluator, task: str, results: Dict[str, float]) -> None:
+    """Store one task's metrics (e.g. ``"bbox"``) where ``COCOEvaluator.evaluate`` returns them
+    from: the private ``_results`` dict it resets before calling ``_eval_predictions``, whose
+    documented job is to fill it ("Fill self._results with the metrics of the tasks")."""
+    evaluator._results[task] = results
 
 
 def builtin_metadata(dataset_name: str) -> Dict[str, Any]:

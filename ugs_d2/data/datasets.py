@@ -69,24 +69,10 @@ UGS_DATASETS_ENV = "UGS_DATASETS"  # a directory holding several datasets (VisDr
 FORMATS = ("coco", "visdrone", "voc")
 
 
-def load_coco_detection(json_file: str, image_root: str, check_files: bool = True) -> List[Dict]:
-    """Read a COCO detection json into detectron2's dataset dicts.
-
-    Args:
-        json_file: COCO json with ``images``, ``annotations`` and ``categories``.
-        image_root: directory that ``images[*].file_name`` is relative to.
-        check_files: verify that every image file exists (one ``stat`` per image).
-
-    Returns:
-        One dict per image: ``file_name``, ``height``, ``width``, ``image_id`` and
-        ``annotations`` (``bbox`` in XYWH_ABS, ``category_id`` contiguous from 0, ``iscrowd``).
-    """
-    data = read_coco_json(json_file)
-    category_ids = sorted(c["id"] for c in data["categories"])
-    contiguous = {cid: i for i, cid in enumerate(category_ids)}
-
-    records: Dict[int, Dict] = {}
-    for position, image in enumerate(data["images"]):
+def _image_records(json_file: str, images: Sequence[Dict], image_root: str, check_files: bool) -> Dict[object, Dict]:
+    """``image id -> dataset dict`` (no annotations yet) of every checked ``images`` entry."""
+    records: Dict[object, Dict] = {}
+    for position, image in enumerate(images):
         try:
             image_id, file_name = image["id"], image["file_name"]
             height, width = image["height"], image["width"]
@@ -112,24 +98,50 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
             "image_id": image_id,
             "annotations": [],
         }
+    return records
+
+
+def _annotation_fields(json_file: str, position: int, ann) -> Tuple[object, object, Tuple[float, float, float, float]]:
+    """``(image_id, category_id, (x, y, w, h))`` of one ``annotations`` entry, or one clear
+    DatasetError when a field is missing or the bbox is not 4 finite numbers."""
+    try:
+        image_id, category_id, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
+        if len(bbox) != 4:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(
+            f"{json_file}: annotations[{position}] needs image_id, category_id and a 4-number bbox"
+        ) from None
+    bad = next((v for v in bbox if not _is_number(v)), None)
+    if bad is not None or not all(math.isfinite(v) for v in bbox):
+        raise DatasetError(
+            f"{json_file}: annotations[{position}].bbox: expected 4 finite numbers, got {bbox!r}"
+        )
+    x, y, w, h = (float(v) for v in bbox)
+    return image_id, category_id, (x, y, w, h)
+
+
+def load_coco_detection(json_file: str, image_root: str, check_files: bool = True) -> List[Dict]:
+    """Read a COCO detection json into detectron2's dataset dicts.
+
+    Args:
+        json_file: COCO json with ``images``, ``annotations`` and ``categories``.
+        image_root: directory that ``images[*].file_name`` is relative to.
+        check_files: verify that every image file exists (one ``stat`` per image).
+
+    Returns:
+        One dict per image: ``file_name``, ``height``, ``width``, ``image_id`` and
+        ``annotations`` (``bbox`` in XYWH_ABS, ``category_id`` contiguous from 0, ``iscrowd``).
+    """
+    data = read_coco_json(json_file)
+    category_ids = sorted(c["id"] for c in data["categories"])
+    contiguous = {cid: i for i, cid in enumerate(category_ids)}
+    records = _image_records(json_file, data["images"], image_root, check_files)
 
     dropped = Counter()
     annotation_ids: Dict[object, int] = {}
     for position, ann in enumerate(data["annotations"]):
-        try:
-            image_id, category_id, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
-            if len(bbox) != 4:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise DatasetError(
-                f"{json_file}: annotations[{position}] needs image_id, category_id and a 4-number bbox"
-            ) from None
-        bad = next((v for v in bbox if not _is_number(v)), None)
-        if bad is not None or not all(math.isfinite(v) for v in bbox):
-            raise DatasetError(
-                f"{json_file}: annotations[{position}].bbox: expected 4 finite numbers, got {bbox!r}"
-            )
-        x, y, w, h = (float(v) for v in bbox)
+        image_id, category_id, (x, y, w, h) = _annotation_fields(json_file, position, ann)
         if "id" in ann:
             if ann["id"] in annotation_ids:
                 raise DatasetError(

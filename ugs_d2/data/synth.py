@@ -514,6 +514,148 @@ def _sample_centres(rng: np.random.Generator, n: int, cfg: SynthConfig) -> np.nd
     return xy
 
 
+@dataclass
+class _Canvas:
+    """The image being painted, (S, S, 3) float32 RGB, and the objects annotated on it so far
+    (each later patch reduces their visibility)."""
+
+    img: np.ndarray
+    live: List[_LiveObject] = dataclasses.field(default_factory=list)
+
+
+def _paint_clutter(rng: np.random.Generator, canvas: _Canvas, count: int, cfg: SynthConfig) -> None:
+    """Paint ``count`` clutter strokes and blobs (random colours, shaded, partly transparent)."""
+    size = cfg.image_size
+    for _ in range(count):
+        patch, cx, cy, r = _clutter_patch(rng, size, cfg.supersample)
+        clipped = _clip(patch, size)
+        if clipped is not None:
+            colour = _shaded_colour(rng, _random_clutter_colour(rng), clipped[0], cx, cy, r, cfg.shading)
+            _paint(canvas.img, patch, colour, rng.uniform(0.4, 1.0), canvas.live, clipped)
+
+
+def _object_count(rng: np.random.Generator, cfg: SynthConfig) -> int:
+    """Objects in one image: none with probability ``empty_fraction``, else 1 + a negative
+    binomial of mean ``objects_mean - 1`` and dispersion ``objects_dispersion``, capped."""
+    if rng.random() < cfg.empty_fraction:
+        return 0
+    p = cfg.objects_dispersion / (cfg.objects_dispersion + cfg.objects_mean - 1.0)
+    return min(cfg.max_objects, 1 + int(rng.negative_binomial(cfg.objects_dispersion, p)))
+
+
+def _appearance(
+    rng: np.random.Generator, cfg: SynthConfig, class_index: int, is_object: bool, mix: np.ndarray
+) -> Tuple[str, np.ndarray]:
+    """``(shape name, (3,) RGB colour)`` of one item of class ``class_index``.
+
+    An object keeps its class's shape and colour, jittered in hue, saturation and value. A
+    distractor is changed in one of the ways of ``distractor_mix`` (probabilities ``mix``): 0
+    a shifted hue (or washed out to nearly grey), 1 another class's colour, 2 a near-miss shape.
+    """
+    cls = cfg.classes[class_index]
+    shape_name, base_rgb = cls.shape, cls.color
+    hue_shift = rng.uniform(-cfg.hue_jitter_deg, cfg.hue_jitter_deg) / 360.0
+    sat_scale, val_scale = rng.uniform(0.7, 1.05), rng.uniform(0.65, 1.1)
+    if not is_object:
+        kind = int(rng.choice(3, p=mix))
+        if kind == 2 and shape_name not in _NEAR_MISS:
+            kind = 0
+        if kind == 0:
+            if rng.random() < 0.3:  # washed out: same shape, nearly grey
+                sat_scale *= rng.uniform(0.1, 0.35)
+            else:
+                lo, hi = cfg.distractor_hue_shift_deg
+                hue_shift += rng.choice([-1.0, 1.0]) * rng.uniform(lo, hi) / 360.0
+        elif kind == 1 and len(cfg.classes) > 1:  # another class's colour
+            other = int(rng.integers(0, len(cfg.classes) - 1))
+            base_rgb = cfg.classes[other + (other >= class_index)].color
+        elif kind == 2:
+            names = _NEAR_MISS[shape_name]
+            shape_name = names[int(rng.integers(0, len(names)))]
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in base_rgb))
+    return shape_name, _hsv_colour(h + hue_shift, s * sat_scale, v * val_scale)
+
+
+def _draw_shape(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    cfg: SynthConfig,
+    shape: _Shape,
+    colour: np.ndarray,
+    size: float,
+    centre: Tuple[float, float],
+    category_id: Optional[int],
+) -> None:
+    """Paint one shape (``size`` px box side, jittered aspect and rotation) at ``centre``; an
+    object (``category_id`` not None) joins ``canvas.live`` with the part of it inside the image."""
+    aspect = shape.aspect * math.exp(rng.uniform(-cfg.aspect_jitter, cfg.aspect_jitter))
+    angle = (rng.uniform(0, 360) if shape.free_rotation
+             else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg))
+    cx, cy = centre
+    parts, box = _transform(shape, size, aspect, angle, cx, cy)
+    patch = _rasterize(parts, box, cfg.supersample)
+    clipped = _clip(patch, cfg.image_size)
+    low_contrast = rng.random() < cfg.low_contrast_fraction
+    blend = rng.uniform(*cfg.low_contrast_blend)
+    if clipped is None:
+        return
+    if low_contrast:
+        # Blend toward the mean of what is under the object now: low contrast *locally*.
+        colour = (1.0 - blend) * colour + blend * canvas.img[clipped[0]].reshape(-1, 3).mean(axis=0)
+    field = _shaded_colour(rng, colour, clipped[0], cx, cy, size / 2, cfg.shading)
+    _paint(canvas.img, patch, field, 1.0, canvas.live, clipped)
+    if category_id is not None:
+        visible = np.zeros_like(patch.alpha)
+        visible[clipped[1]] = patch.alpha[clipped[1]]  # the part outside the image is lost
+        canvas.live.append(_LiveObject(category_id, box, patch.x0, patch.y0, visible, float(patch.alpha.sum())))
+
+
+def _draw_objects_and_distractors(rng: np.random.Generator, canvas: _Canvas, cfg: SynthConfig) -> None:
+    """The objects and distractors, drawn in a random interleaved order so each can hide the other."""
+    n_obj = _object_count(rng, cfg)
+    n_dis = int(rng.poisson(cfg.distractors_base + cfg.distractor_rate * n_obj))
+    n = n_obj + n_dis
+    sizes = _sample_sizes(rng, n, cfg)
+    centres = _sample_centres(rng, n, cfg)
+    classes = rng.integers(0, len(cfg.classes), size=n)
+    mix = np.asarray(cfg.distractor_mix) / sum(cfg.distractor_mix)
+    for i in rng.permutation(n):
+        is_object = i < n_obj
+        shape_name, colour = _appearance(rng, cfg, int(classes[i]), is_object, mix)
+        centre = (float(centres[i, 0]), float(centres[i, 1]))
+        category_id = int(classes[i]) + 1 if is_object else None
+        _draw_shape(rng, canvas, cfg, SHAPES[shape_name], colour, float(sizes[i]), centre, category_id)
+
+
+def _sensor(rng: np.random.Generator, img: np.ndarray, cfg: SynthConfig) -> np.ndarray:
+    """The camera: optional slight blur, then Gaussian noise, then quantisation to uint8."""
+    if rng.random() < cfg.blur_prob:
+        radius = rng.uniform(0.4, 0.9)
+        pil = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+        img = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    sigma = cfg.noise_sigma * rng.uniform(0.5, 1.5)
+    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _visible_annotations(live: Sequence[_LiveObject], cfg: SynthConfig) -> List[Dict[str, Any]]:
+    """The objects at least ``min_visible_fraction`` visible, as ``{"category_id", "bbox"}``."""
+    size = cfg.image_size
+    annotations = []
+    for obj in live:
+        if obj.area <= 0 or float(obj.visible.sum()) < cfg.min_visible_fraction * obj.area:
+            continue
+        # The full object's box clipped to the image. Round the corners (not w/h) so that
+        # x + w never exceeds the image by a rounding step.
+        x0, y0 = round(max(obj.box[0], 0.0), 2), round(max(obj.box[1], 0.0), 2)
+        x1, y1 = round(min(obj.box[2], float(size)), 2), round(min(obj.box[3], float(size)), 2)
+        w, h = round(x1 - x0, 2), round(y1 - y0, 2)
+        if w < 1.0 or h < 1.0:
+            continue
+        annotations.append({"category_id": obj.category_id, "bbox": [x0, y0, w, h]})
+    return annotations
+
+
 def render_sample(rng: np.random.Generator,
                   config: SynthConfig = SynthConfig()) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Render one image and its annotations.
@@ -528,110 +670,21 @@ def render_sample(rng: np.random.Generator,
         annotations: list of ``{"category_id": int (1-based), "bbox": [x, y, w, h]}`` with the
             box in px (XYWH, floats rounded to 2 decimals), the full object's box clipped to
             the image, w and h >= 1. Only objects at least ``min_visible_fraction`` visible.
+
+    The draws from ``rng`` come in a fixed order (background, clutter, objects and
+    distractors, foreground clutter, sensor): the same generator gives the same sample.
     """
     cfg = config
-    size, ss = cfg.image_size, cfg.supersample
-    img = _background(rng, size)
-    live: List[_LiveObject] = []  # occlusion only matters once objects exist
-
+    canvas = _Canvas(_background(rng, cfg.image_size))  # occlusion only matters once objects exist
     # Clutter: decide all of it up front; the foreground part is drawn after the objects.
     n_clutter = int(rng.poisson(cfg.clutter_lines * rng.uniform(0.3, 1.7))) + int(
         rng.poisson(cfg.clutter_blobs * rng.uniform(0.3, 1.7))
     )
     foreground = rng.random(n_clutter) < cfg.foreground_clutter_fraction
-
-    def paint_clutter(count: int) -> None:
-        for _ in range(count):
-            patch, cx, cy, r = _clutter_patch(rng, size, ss)
-            clipped = _clip(patch, size)
-            if clipped is not None:
-                colour = _shaded_colour(rng, _random_clutter_colour(rng), clipped[0], cx, cy, r, cfg.shading)
-                _paint(img, patch, colour, rng.uniform(0.4, 1.0), live, clipped)
-
-    paint_clutter(int((~foreground).sum()))
-
-    # Objects and distractors, drawn in a random interleaved order so each can hide the other.
-    if rng.random() < cfg.empty_fraction:
-        n_obj = 0
-    else:
-        p = cfg.objects_dispersion / (cfg.objects_dispersion + cfg.objects_mean - 1.0)
-        n_obj = min(cfg.max_objects, 1 + int(rng.negative_binomial(cfg.objects_dispersion, p)))
-    n_dis = int(rng.poisson(cfg.distractors_base + cfg.distractor_rate * n_obj))
-    n = n_obj + n_dis
-    sizes = _sample_sizes(rng, n, cfg)
-    centres = _sample_centres(rng, n, cfg)
-    classes = rng.integers(0, len(cfg.classes), size=n)
-    mix = np.asarray(cfg.distractor_mix) / sum(cfg.distractor_mix)
-    for i in rng.permutation(n):
-        is_object = i < n_obj
-        cls = cfg.classes[int(classes[i])]
-        shape_name, base_rgb = cls.shape, cls.color
-        hue_shift = rng.uniform(-cfg.hue_jitter_deg, cfg.hue_jitter_deg) / 360.0
-        sat_scale, val_scale = rng.uniform(0.7, 1.05), rng.uniform(0.65, 1.1)
-        if not is_object:
-            kind = int(rng.choice(3, p=mix))
-            if kind == 2 and shape_name not in _NEAR_MISS:
-                kind = 0
-            if kind == 0:
-                if rng.random() < 0.3:  # washed out: same shape, nearly grey
-                    sat_scale *= rng.uniform(0.1, 0.35)
-                else:
-                    lo, hi = cfg.distractor_hue_shift_deg
-                    hue_shift += rng.choice([-1.0, 1.0]) * rng.uniform(lo, hi) / 360.0
-            elif kind == 1 and len(cfg.classes) > 1:  # another class's colour
-                other = int(rng.integers(0, len(cfg.classes) - 1))
-                base_rgb = cfg.classes[other + (other >= int(classes[i]))].color
-            elif kind == 2:
-                names = _NEAR_MISS[shape_name]
-                shape_name = names[int(rng.integers(0, len(names)))]
-        shape = SHAPES[shape_name]
-        h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in base_rgb))
-        colour = _hsv_colour(h + hue_shift, s * sat_scale, v * val_scale)
-        aspect = shape.aspect * math.exp(rng.uniform(-cfg.aspect_jitter, cfg.aspect_jitter))
-        angle = (rng.uniform(0, 360) if shape.free_rotation
-                 else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg))
-        cx, cy = float(centres[i, 0]), float(centres[i, 1])
-        parts, box = _transform(shape, float(sizes[i]), aspect, angle, cx, cy)
-        patch = _rasterize(parts, box, ss)
-        clipped = _clip(patch, size)
-        low_contrast = rng.random() < cfg.low_contrast_fraction
-        blend = rng.uniform(*cfg.low_contrast_blend)
-        if clipped is None:
-            continue
-        if low_contrast:
-            # Blend toward the mean of what is under the object now: low contrast *locally*.
-            colour = (1.0 - blend) * colour + blend * img[clipped[0]].reshape(-1, 3).mean(axis=0)
-        field = _shaded_colour(rng, colour, clipped[0], cx, cy, float(sizes[i]) / 2, cfg.shading)
-        _paint(img, patch, field, 1.0, live, clipped)
-        if is_object:
-            visible = np.zeros_like(patch.alpha)
-            visible[clipped[1]] = patch.alpha[clipped[1]]  # the part outside the image is lost
-            live.append(_LiveObject(int(classes[i]) + 1, box, patch.x0, patch.y0, visible, float(patch.alpha.sum())))
-
-    paint_clutter(int(foreground.sum()))
-
-    # Sensor: optional slight blur, then Gaussian noise, then quantisation.
-    if rng.random() < cfg.blur_prob:
-        radius = rng.uniform(0.4, 0.9)
-        pil = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
-        img = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
-    sigma = cfg.noise_sigma * rng.uniform(0.5, 1.5)
-    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
-    image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-
-    annotations = []
-    for obj in live:
-        if obj.area <= 0 or float(obj.visible.sum()) < cfg.min_visible_fraction * obj.area:
-            continue
-        # The full object's box clipped to the image. Round the corners (not w/h) so that
-        # x + w never exceeds the image by a rounding step.
-        x0, y0 = round(max(obj.box[0], 0.0), 2), round(max(obj.box[1], 0.0), 2)
-        x1, y1 = round(min(obj.box[2], float(size)), 2), round(min(obj.box[3], float(size)), 2)
-        w, h = round(x1 - x0, 2), round(y1 - y0, 2)
-        if w < 1.0 or h < 1.0:
-            continue
-        annotations.append({"category_id": obj.category_id, "bbox": [x0, y0, w, h]})
-    return image, annotations
+    _paint_clutter(rng, canvas, int((~foreground).sum()), cfg)
+    _draw_objects_and_distractors(rng, canvas, cfg)
+    _paint_clutter(rng, canvas, int(foreground.sum()), cfg)
+    return _sensor(rng, canvas.img, cfg), _visible_annotations(canvas.live, cfg)
 
 
 # --------------------------------------------------------------------------------------------

@@ -231,6 +231,119 @@ def _check_images(json_file: str, images: Sequence[dict], image_dir: str) -> Non
             )
 
 
+_COUNT_KEYS = ("images", "tiles", "empty_tiles_dropped", "source_boxes", "tile_boxes",
+               "partial_dropped", "lost_boxes", "degenerate_boxes", "ignore_regions")
+
+
+def _usable_boxes(anns: Sequence[Tuple[int, dict]], counts: Counter) -> Tuple[np.ndarray, np.ndarray, List[dict]]:
+    """An image's annotations with a positive width and height (the others are counted).
+
+    Returns:
+        ``(boxes, ignore, kept)``: (N, 4) float64 ``x0, y0, x1, y1``, an (N,) bool mask of the
+        crowd / ignore regions among them, and the N annotations themselves.
+    """
+    boxes, kept = [], []
+    for _, ann in anns:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if w <= 0 or h <= 0:
+            counts["degenerate_boxes"] += 1
+            continue
+        boxes.append((x, y, x + w, y + h))
+        kept.append(ann)
+    ignore = np.array([_is_ignore(a) for a in kept], dtype=bool)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore, kept
+
+
+def _boxes_in_window(
+    boxes: np.ndarray, ignore: np.ndarray, window: Window, min_area_ratio: float
+) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]], int]:
+    """What a tile holds: boxes keeping ``min_area_ratio`` of their area, ignore regions any of it.
+
+    Returns:
+        ``(regular_kept, rows, partial_dropped)``: the indices of the regular (non-ignore)
+        boxes kept, ``(index, clipped xyxy in window coordinates)`` of every annotation the tile
+        gets (regular boxes first, then ignore regions), and how many regular boxes touch the
+        window but hold less than ``min_area_ratio`` of their area in it.
+    """
+    kept, clipped = clip_boxes_to_window(boxes, window, min_area_ratio)
+    # every box that overlaps the window at all (ignore regions keep any overlap)
+    touching, clipped_touching = clip_boxes_to_window(boxes, window, 1e-12)
+    regular_kept = kept[~ignore[kept]]
+    partial_dropped = int(len(np.setdiff1d(touching[~ignore[touching]], regular_kept)))
+    rows = [(i, b) for i, b in zip(kept, clipped) if not ignore[i]]
+    rows += [(i, b) for i, b in zip(touching, clipped_touching) if ignore[i]]
+    return regular_kept, rows, partial_dropped
+
+
+def _tile_record(tile_id: int, tile_name: str, source: dict, window: Window) -> dict:
+    """The COCO image record of one tile, pointing back at its source image."""
+    return {
+        "id": tile_id,
+        "file_name": tile_name,
+        "width": window[2] - window[0],
+        "height": window[3] - window[1],
+        "source_image_id": source["id"],
+        "source_file_name": source["file_name"],
+        "tile_x0": window[0],
+        "tile_y0": window[1],
+    }
+
+
+def _tile_annotation(source: dict, box: np.ndarray, ann_id: int, tile_id: int) -> dict:
+    """A source annotation moved into a tile: the clipped box (window coordinates, XYWH
+    rounded to 4 decimals), its area, and ``source_annotation_id``; the segmentation is dropped."""
+    ann = {k: v for k, v in source.items() if k not in ("segmentation", "area", "bbox", "id", "image_id")}
+    bx0, by0, bx1, by1 = box
+    w, h = bx1 - bx0, by1 - by0
+    ann.update(
+        id=ann_id,
+        image_id=tile_id,
+        bbox=[round(float(bx0), 4), round(float(by0), 4), round(float(w), 4), round(float(h), 4)],
+        area=round(float(w * h), 4),
+        source_annotation_id=source.get("id"),
+    )
+    return ann
+
+
+class _TiledDataset:
+    """The tiles of a dataset, written one source image at a time (see tile_coco_dataset)."""
+
+    def __init__(self, out_dir: str, tile: int, overlap: float, min_area_ratio: float, drop_empty: bool):
+        self.out_dir, self.tile, self.overlap = out_dir, tile, overlap
+        self.min_area_ratio, self.drop_empty = min_area_ratio, drop_empty
+        self.images: List[dict] = []
+        self.annotations: List[dict] = []
+        self.counts = Counter({key: 0 for key in _COUNT_KEYS})
+
+    def add_image(self, record: dict, path: str, anns: Sequence[Tuple[int, dict]]) -> None:
+        """Cut one source image (``record``, its file ``path``) into tiles and write them."""
+        counts = self.counts
+        boxes, ignore, regular = _usable_boxes(anns, counts)
+        counts["source_boxes"] += int((~ignore).sum())
+        counts["ignore_regions"] += int(ignore.sum())
+        seen = np.zeros(len(regular), dtype=bool)
+        width, height = int(record["width"]), int(record["height"])
+        with Image.open(path) as image:
+            image.load()  # decode once; every crop below reads the decoded pixels
+            for window in tile_windows(width, height, self.tile, self.overlap):
+                regular_kept, rows, partial_dropped = _boxes_in_window(boxes, ignore, window, self.min_area_ratio)
+                counts["partial_dropped"] += partial_dropped
+                if self.drop_empty and len(regular_kept) == 0:
+                    counts["empty_tiles_dropped"] += 1
+                    continue
+                seen[regular_kept] = True
+                tile_id = len(self.images) + 1
+                tile_name = _tile_file_name(record["file_name"], window)
+                _save_image(image.crop(window), os.path.join(self.out_dir, "images", tile_name))
+                self.images.append(_tile_record(tile_id, tile_name, record, window))
+                for index, box in rows:
+                    self.annotations.append(_tile_annotation(regular[index], box, len(self.annotations) + 1, tile_id))
+                counts["tile_boxes"] += len(regular_kept)
+                counts["tiles"] += 1
+        counts["lost_boxes"] += int((~seen & ~ignore).sum())
+        counts["images"] += 1
+
+
 def tile_coco_dataset(
     in_json: str,
     image_dir: str,
@@ -239,12 +352,11 @@ def tile_coco_dataset(
     overlap: float,
     min_area_ratio: float = 0.1,
     drop_empty: bool = False,
-    out_json_name: str = "annotations.json",
     progress: bool = True,
 ) -> Dict[str, int]:
     """Tile every image of a COCO detection json; write the tiles and a new COCO json.
 
-    Writes ``out_dir/images/<file_name stem>_<x0>_<y0>.<ext>`` and ``out_dir/<out_json_name>``.
+    Writes ``out_dir/images/<file_name stem>_<x0>_<y0>.<ext>`` and ``out_dir/annotations.json``.
     Images are read one at a time, so the peak memory is one decoded image.
 
     * Boxes follow :func:`clip_boxes_to_window`: clipped to the tile, kept if they retain at
@@ -276,83 +388,18 @@ def tile_coco_dataset(
         _check_images(in_json, data["images"], image_dir)
     by_image = _annotations_by_image(in_json, data)
 
-    out_images, out_annotations = [], []
-    counts = Counter(images=0, tiles=0, empty_tiles_dropped=0, source_boxes=0, tile_boxes=0,
-                     partial_dropped=0, lost_boxes=0, degenerate_boxes=0, ignore_regions=0)
-    images = data["images"]
+    tiled = _TiledDataset(out_dir, tile, overlap, min_area_ratio, drop_empty)
     with allow_large_images():
-        for record in tqdm(images, desc="ugs-tile", unit="img", disable=not progress):
-            path = os.path.join(image_dir, record["file_name"])
-            width, height = int(record["width"]), int(record["height"])
-            anns = by_image.get(record["id"], [])
-            boxes, regular = [], []
-            for _, ann in anns:
-                x, y, w, h = (float(v) for v in ann["bbox"])
-                if w <= 0 or h <= 0:
-                    counts["degenerate_boxes"] += 1
-                    continue
-                boxes.append((x, y, x + w, y + h))
-                regular.append(ann)
-            box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            ignore = np.array([_is_ignore(a) for a in regular], dtype=bool)
-            counts["source_boxes"] += int((~ignore).sum())
-            counts["ignore_regions"] += int(ignore.sum())
-            seen = np.zeros(len(regular), dtype=bool)
-
-            with Image.open(path) as image:
-                image.load()  # decode once; every crop below reads the decoded pixels
-                for window in tile_windows(width, height, tile, overlap):
-                    kept, clipped = clip_boxes_to_window(box_array, window, min_area_ratio)
-                    # every box that overlaps the window at all (ignore regions keep any overlap)
-                    touching, clipped_touching = clip_boxes_to_window(box_array, window, 1e-12)
-                    regular_kept = kept[~ignore[kept]]
-                    counts["partial_dropped"] += int(
-                        len(np.setdiff1d(touching[~ignore[touching]], regular_kept))
-                    )
-                    if drop_empty and len(regular_kept) == 0:
-                        counts["empty_tiles_dropped"] += 1
-                        continue
-                    seen[regular_kept] = True
-                    tile_id = len(out_images) + 1
-                    tile_name = _tile_file_name(record["file_name"], window)
-                    _save_image(image.crop(window), os.path.join(out_dir, "images", tile_name))
-                    out_images.append({
-                        "id": tile_id,
-                        "file_name": tile_name,
-                        "width": window[2] - window[0],
-                        "height": window[3] - window[1],
-                        "source_image_id": record["id"],
-                        "source_file_name": record["file_name"],
-                        "tile_x0": window[0],
-                        "tile_y0": window[1],
-                    })
-                    rows = [(i, b) for i, b in zip(kept, clipped) if not ignore[i]]
-                    rows += [(i, b) for i, b in zip(touching, clipped_touching) if ignore[i]]
-                    for index, (bx0, by0, bx1, by1) in rows:
-                        source = regular[index]
-                        ann = {k: v for k, v in source.items()
-                               if k not in ("segmentation", "area", "bbox", "id", "image_id")}
-                        w, h = bx1 - bx0, by1 - by0
-                        ann.update(
-                            id=len(out_annotations) + 1,
-                            image_id=tile_id,
-                            bbox=[round(float(bx0), 4), round(float(by0), 4), round(float(w), 4), round(float(h), 4)],
-                            area=round(float(w * h), 4),
-                            source_annotation_id=source.get("id"),
-                        )
-                        out_annotations.append(ann)
-                    counts["tile_boxes"] += len(regular_kept)
-                    counts["tiles"] += 1
-            counts["lost_boxes"] += int((~seen & ~ignore).sum())
-            counts["images"] += 1
+        for record in tqdm(data["images"], desc="ugs-tile", unit="img", disable=not progress):
+            tiled.add_image(record, os.path.join(image_dir, record["file_name"]), by_image.get(record["id"], []))
 
     out = {key: value for key, value in data.items() if key not in ("images", "annotations")}
-    out.update(images=out_images, annotations=out_annotations)
+    out.update(images=tiled.images, annotations=tiled.annotations)
     out["tiling"] = {"tile": tile, "overlap": overlap, "min_area_ratio": min_area_ratio,
                      "drop_empty": drop_empty, "source_json": os.path.abspath(in_json),
                      "version": TILING_VERSION}
-    write_json_atomic(os.path.join(out_dir, out_json_name), out)
-    return dict(counts)
+    write_json_atomic(os.path.join(out_dir, "annotations.json"), out)
+    return dict(tiled.counts)
 
 
 def _sha1_of_file(path: str) -> str:

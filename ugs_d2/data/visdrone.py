@@ -199,6 +199,61 @@ def _list_images(split_dir: str) -> List[str]:
     return names
 
 
+def _paired_images(split_dir: str, annotations_dir: str) -> List[str]:
+    """The split's image names, after checking that every image has its ``.txt`` and vice versa."""
+    image_names = _list_images(split_dir)
+    stems = {os.path.splitext(n)[0]: n for n in image_names}
+    txt_stems = {os.path.splitext(n)[0] for n in os.listdir(annotations_dir) if n.endswith(".txt")}
+    missing = sorted(set(stems) - txt_stems)
+    if missing:
+        raise DatasetError(
+            f"{os.path.join(annotations_dir, missing[0] + '.txt')}: missing, but its image "
+            f"{stems[missing[0]]} exists ({len(missing)} image(s) without annotation file)"
+        )
+    orphans = sorted(txt_stems - set(stems))
+    if orphans:
+        raise DatasetError(
+            f"{os.path.join(annotations_dir, orphans[0] + '.txt')}: no image of that name in "
+            f"{os.path.join(split_dir, 'images')} ({len(orphans)} annotation file(s) without image)"
+        )
+    return image_names
+
+
+def _image_annotations(
+    txt: str, image_id: int, size: Tuple[int, int], keep_others: bool, class_ids: List[int], counts: Counter
+) -> List[Dict]:
+    """The COCO annotations (without ``id``) of one image's ``.txt``; drops and clips counted.
+
+    ``size`` is the image's ``(width, height)``; ``class_ids`` the categories an ignored region
+    is repeated for (one crowd annotation per class, see the module docstring).
+    """
+    annotations = []
+    for box in parse_annotation_file(txt):
+        if box.category == OTHERS and not keep_others:
+            counts["others_dropped"] += 1
+            continue
+        if box.w <= 0 or box.h <= 0:
+            counts["non_positive_dropped"] += 1
+            continue
+        clipped = clip_box(box.x, box.y, box.w, box.h, *size)
+        if clipped is None:
+            counts["outside_dropped"] += 1
+            continue
+        if clipped != (box.x, box.y, box.w, box.h):
+            counts["clipped"] += 1
+        x, y, w, h = clipped
+        common = {"image_id": image_id, "bbox": [x, y, w, h], "area": w * h,
+                  "truncation": box.truncation, "occlusion": box.occlusion}
+        if box.category == IGNORED_REGION or box.score == 0:
+            counts["ignore_regions"] += 1
+            for class_id in class_ids:
+                annotations.append({"category_id": class_id, "iscrowd": 1, **common})
+        else:
+            counts["boxes"] += 1
+            annotations.append({"category_id": box.category, "iscrowd": 0, **common})
+    return annotations
+
+
 def convert_split(
     root: str,
     split: str,
@@ -232,21 +287,7 @@ def convert_split(
     annotations_dir = os.path.join(split_dir, "annotations")
     if not os.path.isdir(annotations_dir):
         raise DatasetError(f"{annotations_dir}: directory not found (expected the split's .txt files)")
-    image_names = _list_images(split_dir)
-    stems = {os.path.splitext(n)[0]: n for n in image_names}
-    txt_stems = {os.path.splitext(n)[0] for n in os.listdir(annotations_dir) if n.endswith(".txt")}
-    missing = sorted(set(stems) - txt_stems)
-    if missing:
-        raise DatasetError(
-            f"{os.path.join(annotations_dir, missing[0] + '.txt')}: missing, but its image "
-            f"{stems[missing[0]]} exists ({len(missing)} image(s) without annotation file)"
-        )
-    orphans = sorted(txt_stems - set(stems))
-    if orphans:
-        raise DatasetError(
-            f"{os.path.join(annotations_dir, orphans[0] + '.txt')}: no image of that name in "
-            f"{os.path.join(split_dir, 'images')} ({len(orphans)} annotation file(s) without image)"
-        )
+    image_names = _paired_images(split_dir, annotations_dir)
 
     image_paths = [os.path.join(split_dir, "images", n) for n in image_names]
     folder = os.path.relpath(split_dir, root)
@@ -269,29 +310,7 @@ def convert_split(
                 if gigantic_largest is None or width * height > gigantic_largest[0] * gigantic_largest[1]:
                     gigantic_largest = (width, height, coco_images[-1]["file_name"])
             txt = os.path.join(annotations_dir, os.path.splitext(name)[0] + ".txt")
-            for box in parse_annotation_file(txt):
-                if box.category == OTHERS and not keep_others:
-                    counts["others_dropped"] += 1
-                    continue
-                if box.w <= 0 or box.h <= 0:
-                    counts["non_positive_dropped"] += 1
-                    continue
-                clipped = clip_box(box.x, box.y, box.w, box.h, width, height)
-                if clipped is None:
-                    counts["outside_dropped"] += 1
-                    continue
-                if clipped != (box.x, box.y, box.w, box.h):
-                    counts["clipped"] += 1
-                x, y, w, h = clipped
-                common = {"image_id": image_id, "bbox": [x, y, w, h], "area": w * h,
-                          "truncation": box.truncation, "occlusion": box.occlusion}
-                if box.category == IGNORED_REGION or box.score == 0:
-                    counts["ignore_regions"] += 1
-                    for class_id in class_ids:  # see the module docstring: one per class
-                        coco_annotations.append({"category_id": class_id, "iscrowd": 1, **common})
-                else:
-                    counts["boxes"] += 1
-                    coco_annotations.append({"category_id": box.category, "iscrowd": 0, **common})
+            coco_annotations += _image_annotations(txt, image_id, (width, height), keep_others, class_ids, counts)
     coco_annotations = [{"id": ann_id, **ann} for ann_id, ann in enumerate(coco_annotations, start=1)]
     counts["images"] = len(coco_images)
     if gigantic_largest is not None:

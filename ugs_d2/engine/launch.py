@@ -1,8 +1,8 @@
 """Multi-process (DDP) training: on local processes and inside SLURM jobs.
 
-``launch(main_func, num_processes, ...)`` is detectron2's ``launch`` made device-aware: each of
-``num_processes`` spawned processes joins one process group (NCCL on GPUs, gloo on CPU, so DDP
-also runs and is tested on a laptop), gets detectron2's per-machine group, then calls
+``launch(main_func, world, ...)`` is detectron2's ``launch`` made device-aware: each of
+``world.num_processes`` spawned processes joins one process group (NCCL on GPUs, gloo on CPU,
+so DDP also runs and is tested on a laptop), gets detectron2's per-machine group, then calls
 ``main_func(*args)``. detectron2 0.6's own ``launch`` hard-codes NCCL and asserts CUDA, so one
 implementation is used for both detectron2 builds (version differences in ``ugs_d2.compat``).
 
@@ -21,6 +21,7 @@ implementation is used for both detectron2 builds (version differences in ``ugs_
 ``slurm_port`` is deterministic per job, so all nodes agree on it without talking, and two jobs
 sharing a node get different ports (detectron2's fixed default port collides there).
 """
+import dataclasses
 import hashlib
 import logging
 import os
@@ -207,71 +208,63 @@ def _backend(use_cuda: Optional[bool]) -> str:
 
 def launch(
     main_func: Callable[..., Any],
-    num_processes: int,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    dist_url: Optional[str] = "auto",
+    world: World,
     args: Sequence[Any] = (),
     use_cuda: Optional[bool] = None,
-    local_rank: Optional[int] = None,
     timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> None:
-    """Run ``main_func(*args)`` on ``num_processes`` processes per machine, all in one process group.
+    """Run ``main_func(*args)`` on ``world.num_processes`` processes per machine, all in one
+    process group.
 
-    Call it on every machine (same arguments but ``machine_rank``). With one process in total
-    ``main_func`` runs here, undistributed.
+    Call it on every machine (the same ``world`` but ``machine_rank``). With one process in
+    total ``main_func`` runs here, undistributed.
 
     Args:
         main_func: a picklable (module-level) function; runs in each spawned process.
-        num_processes: processes (ranks) per machine: GPUs, or CPU processes with gloo.
-        num_machines, machine_rank: the machines and this machine's index.
-        dist_url: ``tcp://HOST:PORT`` of machine 0, or ``auto`` (a free localhost port; one
-            machine only).
+        world: the processes per machine (GPUs, or CPU processes with gloo), the machines and
+            this machine's index, the rendezvous (``tcp://HOST:PORT`` of machine 0, or ``auto``:
+            a free localhost port, one machine only), and ``local_rank``: None spawns
+            ``num_processes`` processes; an int makes this process that local rank itself
+            (SLURM's one-task-per-GPU layout).
         args: the arguments of ``main_func``.
         use_cuda: NCCL and one GPU per process if true, gloo on CPU if false; None: whether
             CUDA is available.
-        local_rank: None spawns ``num_processes`` processes; an int makes this process that
-            local rank itself (SLURM's one-task-per-GPU layout).
         timeout: of the process group's collectives.
     """
-    world_size = num_processes * num_machines
-    if world_size == 1:
+    if world.world_size == 1:
         main_func(*args)
         return
-    if dist_url is None or dist_url == "auto":
-        if num_machines > 1:
+    if world.dist_url is None or world.dist_url == "auto":
+        if world.num_machines > 1:
             raise ValueError("dist_url=auto only works on one machine; pass tcp://HOST:PORT")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        world = dataclasses.replace(world, dist_url=f"tcp://127.0.0.1:{_find_free_port()}")
     logger.info(
         "DDP: %d process(es) here (machine %d of %d, world size %d), %s, rendezvous %s",
-        1 if local_rank is not None else num_processes, machine_rank, num_machines, world_size,
-        _backend(use_cuda), dist_url,
+        1 if world.local_rank is not None else world.num_processes, world.machine_rank,
+        world.num_machines, world.world_size, _backend(use_cuda), world.dist_url,
     )
-    worker_args = (main_func, num_processes, num_machines, machine_rank, dist_url, tuple(args),
-                   _backend(use_cuda), timeout)
-    if local_rank is not None:
-        _distributed_worker(local_rank, *worker_args)
+    worker_args = (main_func, world, tuple(args), _backend(use_cuda), timeout)
+    if world.local_rank is not None:
+        _distributed_worker(world.local_rank, *worker_args)
         return
-    mp.spawn(_distributed_worker, nprocs=num_processes, args=worker_args, daemon=False)
+    mp.spawn(_distributed_worker, nprocs=world.num_processes, args=worker_args, daemon=False)
 
 
 def _distributed_worker(
     local_rank: int,
     main_func: Callable[..., Any],
-    num_processes: int,
-    num_machines: int,
-    machine_rank: int,
-    dist_url: str,
+    world: World,
     args: Sequence[Any],
     backend: str,
     timeout: timedelta,
 ) -> None:
+    """One rank: join the process group at ``world.dist_url``, run ``main_func(*args)``, leave."""
     from detectron2.utils import comm
 
     from ugs_d2 import compat
 
-    world_size = num_processes * num_machines
-    rank = machine_rank * num_processes + local_rank
+    num_processes = world.num_processes
+    rank = world.machine_rank * num_processes + local_rank
     if in_slurm_job() and mp.parent_process() is not None:
         _leave_preemption_to_submitit()
     if backend == "nccl":
@@ -283,10 +276,10 @@ def _distributed_worker(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
     try:
         dist.init_process_group(
-            backend=backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+            backend=backend, init_method=world.dist_url, world_size=world.world_size, rank=rank, timeout=timeout
         )
     except Exception:
-        logger.error("process group rendezvous %s failed (rank %d of %d)", dist_url, rank, world_size)
+        logger.error("process group rendezvous %s failed (rank %d of %d)", world.dist_url, rank, world.world_size)
         raise
     compat.create_local_process_group(num_processes)
     compat.use_device_aware_ddp()
@@ -394,12 +387,8 @@ def launch_from_config(
     result = []
     launch(
         _with_hydra_config if world.local_rank is None else (lambda *a: result.append(_with_hydra_config(*a))),
-        world.num_processes,
-        num_machines=world.num_machines,
-        machine_rank=world.machine_rank,
-        dist_url=world.dist_url,
+        world,
         args=(main_func, hydra_state, *args),
         use_cuda=use_cuda,
-        local_rank=world.local_rank,
     )
     return result[0] if result else None

@@ -42,15 +42,18 @@ detectron2's ``COCOEvaluator`` with that evaluation; its results (percent) go to
 and the ``ugs-results`` sweep tables.
 """
 import itertools
+import logging
 import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
 
+from ugs_d2 import compat
 from ugs_d2.evaluation.backends import BACKENDS, CocoEvalOutput, check_backend, run_bbox_cocoeval
 from ugs_d2.fileio import write_json_atomic
 
@@ -68,6 +71,8 @@ __all__ = [
     "select_buckets",
     "summarize_precision",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: COCO's "no upper bound" (pycocotools uses 1e5 ** 2).
 UNBOUNDED = 1e5 ** 2
@@ -251,6 +256,10 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
     ``coco_instances_results.json`` are detectron2's; only the evaluation of the gathered
     detections is replaced (``_eval_predictions``), so that the metrics are read from the
     precision array with the right area ranges and maxDets for either backend.
+
+    It reads its own constructor arguments and the public ``MetadataCatalog``; the ground truth
+    the parent loaded and the results dict it returns are detectron2's private state, reached
+    through :mod:`ugs_d2.compat` only.
     """
 
     def __init__(
@@ -268,6 +277,7 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
         max_dets_list(max_dets)  # validate before loading the dataset
         self._eval_max_dets = max_dets
         self._backend = check_backend(backend)
+        self._results_dir = output_dir
         super().__init__(
             dataset_name,
             tasks=("bbox",),
@@ -276,31 +286,34 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
             max_dets_per_image=max_dets,
             use_fast_impl=False,  # unused: this class runs its own evaluation
         )
+        # the parent's metadata object (it may have added a converted json_file to it)
+        self._dataset_metadata = MetadataCatalog.get(dataset_name)
 
     def _eval_predictions(self, predictions, img_ids=None):
         detections = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
-        to_dataset_id = _contiguous_to_dataset_ids(self._metadata)
+        to_dataset_id = _contiguous_to_dataset_ids(self._dataset_metadata)
         for det in detections:
             det["category_id"] = to_dataset_id(det["category_id"])
-        if self._output_dir:
-            path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info(f"Saving results to {path}")
+        if self._results_dir:
+            path = os.path.join(self._results_dir, "coco_instances_results.json")
+            logger.info(f"Saving results to {path}")
             write_json_atomic(path, detections)
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
+        ground_truth = compat.coco_evaluator_ground_truth(self)
+        if "annotations" not in ground_truth.dataset:  # a test split: nothing to evaluate against
+            logger.info("Annotations are not available for evaluation.")
             return
         buckets_text = ", ".join(self._bucket_sets) or "COCO only"
-        self._logger.info(
+        logger.info(
             f"Evaluating {len(detections)} detections with {self._backend} "
             f"(maxDets {self._eval_max_dets}, buckets: {buckets_text}) ..."
         )
-        class_names = _class_names_by_category_id(self._metadata, self._coco_api.getCatIds())
+        class_names = _class_names_by_category_id(self._dataset_metadata, ground_truth.getCatIds())
         if not detections:  # as detectron2: no prediction -> every metric undefined
-            self._logger.warning("No predictions from the model!")
-            self._results["bbox"] = {key: math.nan for key in metric_keys(self._buckets)}
+            logger.warning("No predictions from the model!")
+            compat.set_coco_evaluator_results(self, "bbox", {key: math.nan for key in metric_keys(self._buckets)})
             return
         results = evaluate_detections(
-            self._coco_api.dataset,
+            ground_truth.dataset,
             detections,
             bucket_sets=self._bucket_sets,
             max_dets=self._eval_max_dets,
@@ -309,11 +322,11 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
             img_ids=img_ids,
         )
         overall = {k: v for k, v in results.items() if not k.startswith("AP-")}
-        self._logger.info("Evaluation results for bbox: \n" + create_small_table(overall))
+        logger.info("Evaluation results for bbox: \n" + create_small_table(overall))
         per_class = {k[3:]: v for k, v in results.items() if k.startswith("AP-")}
         if per_class:
-            self._logger.info("Per-category bbox AP: \n" + create_small_table(per_class))
-        self._results["bbox"] = results
+            logger.info("Per-category bbox AP: \n" + create_small_table(per_class))
+        compat.set_coco_evaluator_results(self, "bbox", results)
 
 
 def _class_names_by_category_id(metadata, category_ids: Sequence[int]) -> Optional[List[str]]:

@@ -11,6 +11,7 @@ Pieces:
 
 * :func:`merge_detections` (on :mod:`ugs_d2.boxes`) -- pure, class-aware NMS or greedy
   non-maximum merging (NMM) under IoU or IOS (intersection over the smaller area).
+* :class:`TilingSpec` -- the windows (tile, overlap), their batching and the merging.
 * :class:`TiledPredictor` -- ``predictor(image_bgr) -> Instances``; ``predictor.last_timing``
   holds ``total_s`` and ``model_s`` (time inside the model's forward) of the last call.
 * :class:`TiledInferenceModel` -- an ``nn.Module`` with the detectron2 inference interface,
@@ -21,9 +22,11 @@ Pieces:
 * :func:`load_model` -- a detectron2 model from a ``ugs-train`` run directory.
 """
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,6 +49,7 @@ __all__ = [
     "PointwiseLinear",
     "replace_pointwise_heads_",
     "optimize_for_inference",
+    "TilingSpec",
     "TiledPredictor",
     "TiledInferenceModel",
     "predict_whole_image",
@@ -383,11 +387,11 @@ def predict_whole_image(
     return _normal_instances(output), seconds
 
 
-class TiledPredictor:
-    """Batched sliced inference: ``predictor(image_bgr) -> Instances`` in image coordinates.
+@dataclass(frozen=True)
+class TilingSpec:
+    """How :class:`TiledPredictor` cuts an image, batches its windows and merges the result.
 
-    Args:
-        model: a detectron2 model in eval mode (e.g. from :func:`load_model`).
+    Attributes:
         tile: window side in pixels; overlap: share of a window shared with its neighbour,
             in [0, 1) (see :func:`ugs_d2.data.tiling.tile_windows`).
         batch_size: windows per forward call (one call per batch); None:
@@ -398,18 +402,49 @@ class TiledPredictor:
             :func:`merge_detections`).
         upscale: resize each window to the model's test size (by default windows go in at
             native resolution, as the tiled training data did).
+        max_detections: keep at most this many detections per image after merging (None: all).
+
+    Bad values raise ``ValueError`` with one line starting with the field's name.
+    """
+
+    tile: int = 512
+    overlap: float = 0.2
+    batch_size: Optional[int] = None
+    full_image: bool = False
+    merge: str = "nms"
+    metric: str = "iou"
+    threshold: float = 0.5
+    upscale: bool = False
+    max_detections: Optional[int] = None
+
+    def __post_init__(self):
+        validate_tiling(self.tile, self.overlap)
+        batch_size = self.batch_size  # None: resolved by TiledPredictor for the model's device
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        _check_merge(self.merge, self.metric, self.threshold, names=("merge", "metric", "threshold"))
+
+
+class TiledPredictor:
+    """Batched sliced inference: ``predictor(image_bgr) -> Instances`` in image coordinates.
+
+    Args:
+        model: a detectron2 model in eval mode (e.g. from :func:`load_model`).
+        spec: the windows, their batching and the merging (:class:`TilingSpec`).
         test_size: ``(MIN_SIZE_TEST, MAX_SIZE_TEST)`` for the full-image pass and ``upscale``;
             None: the model's ``ugs_test_size`` (set by :func:`load_model`), else
             detectron2's default (800, 1333).
         input_format: ``BGR`` | ``RGB``, the model's ``INPUT.FORMAT``; None: the model's
             ``ugs_input_format``, else BGR.
-        max_detections: keep at most this many detections per image after merging (None: all).
         optimize: run a copy of the model made by :func:`optimize_for_inference` (batch norms
             folded into convolutions, channels-last weights, 1x1 heads as matrix products; same
             detections up to float rounding); None: on for a CPU model, off on CUDA. The copy is
             made here, so later weight changes of ``model`` are not seen: build a new predictor.
         autocast: ``fp16`` | ``bf16``: run the model's forward under ``torch.autocast`` (CUDA
             only; detections change beyond float rounding, so it is off by default).
+
+    ``spec`` holds the batch size resolved for the model's device (never None).
 
     After each call, ``last_timing`` is ``{"total_s", "model_s", "windows", "batches"}``;
     ``model_s`` is the time inside the model's forward calls (GPU synchronised), so
@@ -422,44 +457,34 @@ class TiledPredictor:
     def __init__(
         self,
         model: nn.Module,
-        tile: int = 512,
-        overlap: float = 0.2,
-        batch_size: Optional[int] = None,
-        full_image: bool = False,
-        merge: str = "nms",
-        metric: str = "iou",
-        threshold: float = 0.5,
-        upscale: bool = False,
+        spec: TilingSpec = TilingSpec(),
         *,
         test_size: Optional[Tuple[int, int]] = None,
         input_format: Optional[str] = None,
-        max_detections: Optional[int] = None,
         optimize: Optional[bool] = None,
         autocast: Optional[str] = None,
     ):
-        validate_tiling(tile, overlap)
         device_type = _model_device(model).type
-        if batch_size is None:
-            batch_size = DEFAULT_BATCH_SIZE.get(device_type, 1)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if spec.batch_size is None:
+            spec = dataclasses.replace(spec, batch_size=DEFAULT_BATCH_SIZE.get(device_type, 1))
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast: expected one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast!r}")
         if autocast is not None and device_type != "cuda":
             raise ValueError(f"autocast: {autocast} is for a CUDA model; this one is on {device_type}")
-        _check_merge(merge, metric, threshold, names=("merge", "metric", "threshold"))
+        self.spec = spec
         self.optimize = device_type == "cpu" if optimize is None else bool(optimize)
         self.model = optimize_for_inference(model) if self.optimize else model
         self.autocast = autocast
-        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
-        self.full_image, self.upscale = bool(full_image), bool(upscale)
-        self.merge, self.metric, self.threshold = merge, metric, threshold
         self.test_size = tuple(test_size or getattr(model, "ugs_test_size", DEFAULT_TEST_SIZE))
         self.input_format = input_format or getattr(model, "ugs_input_format", "BGR")
         if self.input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format: expected BGR or RGB, got {self.input_format!r}")
-        self.max_detections = max_detections
         self.last_timing: Dict[str, float] = {}
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per forward call, as resolved for the model's device."""
+        return self.spec.batch_size
 
     def __call__(self, image_bgr: np.ndarray):
         """Detect on one HxWx3 uint8 BGR image; returns detectron2 ``Instances``."""
@@ -472,7 +497,7 @@ class TiledPredictor:
         for x0, y0, x1, y1 in windows:
             crop = image[:, y0:y1, x0:x1]  # a view: no copy until the model normalises it
             height, width = y1 - y0, x1 - x0
-            if self.upscale:
+            if self.spec.upscale:
                 from detectron2.data.transforms import ResizeShortestEdge
 
                 new_h, new_w = ResizeShortestEdge.get_output_shape(height, width, *self.test_size)
@@ -489,15 +514,16 @@ class TiledPredictor:
         device = _model_device(self.model)
         image = image.to(device)  # once: every window is a view of it
         height, width = image.shape[1:]
-        windows = tile_windows(width, height, self.tile, self.overlap)
+        spec = self.spec
+        windows = tile_windows(width, height, spec.tile, spec.overlap)
 
         model_s = 0.0
         boxes, scores, classes = [], [], []
         autocast = (torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.autocast])
                     if self.autocast else contextlib.nullcontext())
         with torch.inference_mode():
-            for first in range(0, len(windows), self.batch_size):
-                batch = windows[first:first + self.batch_size]
+            for first in range(0, len(windows), spec.batch_size):
+                batch = windows[first:first + spec.batch_size]
                 inputs = self._window_inputs(image, batch)
                 _synchronize(device)
                 model_start = time.perf_counter()
@@ -511,7 +537,7 @@ class TiledPredictor:
                     boxes.append(instances.pred_boxes.tensor.float() + offset)
                     scores.append(instances.scores.float())
                     classes.append(instances.pred_classes)
-            if self.full_image:
+            if spec.full_image:
                 with autocast:
                     instances, seconds = predict_whole_image(self.model, image, self.test_size)
                 model_s += seconds
@@ -520,12 +546,12 @@ class TiledPredictor:
                 classes.append(instances.pred_classes)
 
             boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
-            if len(windows) + int(self.full_image) > 1:  # one source: the model already ran NMS
+            if len(windows) + int(spec.full_image) > 1:  # one source: the model already ran NMS
                 boxes, scores, classes = merge_detections(
-                    boxes, scores, classes, self.merge, self.metric, self.threshold
+                    boxes, scores, classes, spec.merge, spec.metric, spec.threshold
                 )
-            if self.max_detections is not None and len(scores) > self.max_detections:
-                top = torch.argsort(scores, descending=True, stable=True)[: self.max_detections]
+            if spec.max_detections is not None and len(scores) > spec.max_detections:
+                top = torch.argsort(scores, descending=True, stable=True)[: spec.max_detections]
                 boxes, scores, classes = boxes[top], scores[top], classes[top]
         # clones made outside inference mode: normal tensors the caller may update in place
         result = _make_instances((height, width), boxes.clone(), scores.clone(), classes.clone())
@@ -533,7 +559,7 @@ class TiledPredictor:
             "total_s": time.perf_counter() - start,
             "model_s": model_s,
             "windows": len(windows),
-            "batches": -(-len(windows) // self.batch_size),
+            "batches": -(-len(windows) // spec.batch_size),
         }
         return result
 
@@ -547,12 +573,13 @@ class TiledInferenceModel(nn.Module):
     for inference: calling it in training mode is an error.
     """
 
-    def __init__(self, model: nn.Module, **predictor_kwargs):
+    def __init__(self, model: nn.Module, spec: TilingSpec = TilingSpec(), **predictor_kwargs):
+        """``predictor_kwargs``: the keyword arguments of :class:`TiledPredictor`."""
         super().__init__()
         self.model = model
         if isinstance(model, nn.parallel.DistributedDataParallel):  # a live DDP model: no private copy
             predictor_kwargs.setdefault("optimize", False)
-        self.predictor = TiledPredictor(model, **predictor_kwargs)
+        self.predictor = TiledPredictor(model, spec, **predictor_kwargs)
 
     @classmethod
     def from_config(cls, model: nn.Module, cfg) -> "TiledInferenceModel":
@@ -563,8 +590,7 @@ class TiledInferenceModel(nn.Module):
             f"{tiling.TEST.BATCH_SIZE} per batch, merge {tiling.TEST.MERGE}/{tiling.TEST.METRIC} "
             f"> {tiling.TEST.THRESHOLD}{', + full image' if tiling.TEST.FULL_IMAGE else ''}"
         )
-        return cls(
-            model,
+        spec = TilingSpec(
             tile=tiling.TILE,
             overlap=tiling.OVERLAP,
             batch_size=tiling.TEST.BATCH_SIZE,
@@ -573,9 +599,10 @@ class TiledInferenceModel(nn.Module):
             metric=tiling.TEST.METRIC,
             threshold=tiling.TEST.THRESHOLD,
             upscale=tiling.TEST.UPSCALE,
-            test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
-            input_format=cfg.INPUT.FORMAT,
             max_detections=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+        return cls(
+            model, spec, test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST), input_format=cfg.INPUT.FORMAT
         )
 
     def forward(self, batched_inputs: List[Dict]):
