@@ -51,6 +51,7 @@ __all__ = [
     "plot_box_sizes",
     "default_out_dir",
     "write_health",
+    "format_statistics",
 ]
 
 DUPLICATE_IOU = 0.95
@@ -405,3 +406,15 @@ def write_health(json_path: str, out_dir: Optional[str] = None) -> Dict[str, Any
     plot_class_counts(report, paths[1], title)
     plot_box_sizes(report, paths[2], title)
     return {"report": report, "markdown": markdown, "paths": paths}
+
+
+def format_statistics(split: str, stats: Mapping[str, Any]) -> str:
+    """One line of :func:`ugs_d2.data.synth.dataset_statistics` (what ``ugs-data synth`` prints per split)."""
+    buckets = stats["area_buckets"]
+    return (
+        f"{split}: {stats['num_images']} images ({stats['num_empty_images']} empty), "
+        f"{stats['num_annotations']} boxes, {stats['objects_per_image_mean']:.1f} per image "
+        f"(max {stats['objects_per_image_max']}); longer side < 16 px: "
+        f"{100 * stats['frac_max_side_lt16']:.0f}%, < 32 px: {100 * stats['frac_max_side_lt32']:.0f}%; "
+        f"COCO small/medium/large: {buckets['small']}/{buckets['medium']}/{buckets['large']}"
+    )
