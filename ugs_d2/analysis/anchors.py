@@ -469,13 +469,14 @@ def learn(options: AnchorOptions, plan: AnchorPlan, base: Dict[str, Any],
         print_line(line)
     learned = _search(options, plan, data, print_line)
     after = A.anchor_metrics(data.wh, A.cell_anchor_wh(learned.sizes, learned.ratios), options.thr)
-    grid_rows = _comparison(options, plan, data, base, learned)
     lines = _search_lines(options, plan, learned)
     lines += ["", f"after ({learned.layout[0]} size(s) x {learned.layout[1]} aspect ratio(s) per level):"]
     lines += _metrics_lines("  after", after, options.thr) + [""] + _level_table(plan, learned)
-    lines += [""] + grid_table(grid_rows, options.thr, options.anchor_offset)
-    lines += _fitness_note(options.objective, before, after)
     for line in lines:
+        print_line(line)
+    grid_rows = _comparison(options, plan, data, base, learned)
+    for line in [""] + grid_table(grid_rows, options.thr, options.anchor_offset) + _fitness_note(
+            options.objective, before, after):
         print_line(line)
     text = render_override_file(learned.sizes, learned.ratios, _file_comments(options, plan, data, base, grid_rows))
     write_text_atomic(plan.out, text)
