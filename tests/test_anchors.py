@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ugs_d2 import anchors as A
-from ugs_d2.cli.anchors import AnchorsError, format_overrides, load_base
+from ugs_d2.analysis.anchors import AnchorsError, format_overrides
+from ugs_d2.cli.anchors import load_base
 from ugs_d2.cli.anchors import main as ugs_anchors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,7 +32,7 @@ __all__ = [
     "format_overrides",
     "render_override_file",
     "grid_table",
-    "learn",
+    "learn_and_report",
     "usage_lines",
 ]
 
@@ -449,8 +449,8 @@ def _file_comments(options: AnchorOptions, plan: AnchorPlan, data: _Boxes, base:
     ]
 
 
-def learn(options: AnchorOptions, plan: AnchorPlan, base: Dict[str, Any],
-          print_line: PrintLine = print) -> Dict[str, Any]:
+def learn_and_report(options: AnchorOptions, plan: AnchorPlan, base: Dict[str, Any],
+                     print_line: PrintLine = print) -> Dict[str, Any]:
     """Read the boxes, report the base anchors, learn, report and compare, write the override
     file (``plan.out``). ``base``: :func:`base_anchors`.
 

@@ -24,14 +24,13 @@ from ugs_d2.analysis.anchors import (
     AnchorsError,
     base_anchors,
     check_options,
-    format_overrides,
+    learn_and_report,
     usage_lines,
 )
-from ugs_d2.analysis.anchors import learn as learn_anchors
 from ugs_d2.cli.validate import CONFIG_DIR
 from ugs_d2.data.coco_json import DatasetError
 
-__all__ = ["AnchorsError", "load_base", "format_overrides", "learn", "main"]
+__all__ = ["load_base", "learn", "main"]
 
 
 def load_base(base: str, base_ratios: Optional[str], strides: Sequence[float]) -> Dict[str, Any]:
@@ -101,7 +100,7 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
     """Everything the CLI does except argument parsing; returns the numbers and the file text."""
     options = AnchorOptions(**vars(args))
     plan = check_options(options)
-    result = learn_anchors(options, plan, load_base(options.base, options.base_ratios, plan.strides), print_line)
+    result = learn_and_report(options, plan, load_base(options.base, options.base_ratios, plan.strides), print_line)
     for line in usage_lines(plan.out, result["sizes"], result["aspect_ratios"], os.path.join(CONFIG_DIR, "anchors")):
         print_line(line)
     return result
