@@ -16,7 +16,8 @@ The pieces, each a small pure function (numpy only; no detectron2 import):
 * :func:`cell_anchor_wh`: the ``(w, h)`` that detectron2's ``DefaultAnchorGenerator``
   generates from ``SIZES`` x ``ASPECT_RATIOS`` (``w = s / sqrt(a)``, ``h = s * sqrt(a)``, ``a``
   = height / width), so every metric is of the anchors a model really gets.
-* :func:`initial_anchors` and :func:`evolve`: the per-level fit, see below.
+* :func:`initial_anchors` and :func:`evolve`: the per-level fit, see below;
+  :func:`learn_anchors` runs it for every layout, with the settings of :class:`AnchorSearch`.
 
 **The level rule.** detectron2 puts ``len(sizes[l]) * len(aspect_ratios[l])`` anchors at every
 position of level ``l`` (stride ``s_l``), and the RPN head needs the same count on every level.
