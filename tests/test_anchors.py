@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ugs_d2 import anchors as A
-from ugs_d2.cli.anchors import AnchorsError, format_overrides, load_base
+from ugs_d2.analysis.anchors import AnchorsError, format_overrides
+from ugs_d2.cli.anchors import load_base
 from ugs_d2.cli.anchors import main as ugs_anchors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +115,7 @@ def test_evolution_never_decreases_fitness_and_is_seeded():
     start = A.initial_anchors(wh, STRIDES, 1, 3, seed=0)
     start_fitness = A.fitness(wh, start.wh())
     seen = []
-    result = A.evolve(wh, start, STRIDES, generations=150, seed=3, progress=lambda g, f: seen.append((g, f)))
+    result = A.evolve(wh, start, STRIDES, A.AnchorSearch(generations=150, seed=3), progress=lambda g, f: seen.append((g, f)))
     history = np.array(result.history)
     assert len(history) == 150 and [g for g, _ in seen] == list(range(150))
     assert (np.diff(history) >= 0).all() and history[0] >= start_fitness
@@ -122,7 +123,7 @@ def test_evolution_never_decreases_fitness_and_is_seeded():
     assert A.fitness(wh, result.wh()) == pytest.approx(history[-1])
     lo, hi = A.level_ranges(STRIDES)
     assert (result.sizes >= lo[:, None]).all() and (result.sizes <= hi[:, None]).all()
-    same = A.evolve(wh, start, STRIDES, generations=150, seed=3)
+    same = A.evolve(wh, start, STRIDES, A.AnchorSearch(generations=150, seed=3))
     assert np.array_equal(same.sizes, result.sizes) and np.array_equal(same.ratios, result.ratios)
     # levels that serve no box stay put (p3, p4 here: the boxes are 4-16 or 64-200 px)
     unserved = result.served == 0
@@ -147,7 +148,7 @@ def test_level_assignment_and_ranges_by_hand():
 
 def test_learned_anchors_beat_the_defaults_on_skewed_tiny_boxes_and_keep_the_level_rule():
     wh = _skewed_tiny_boxes()
-    learned = A.learn_anchors(wh, STRIDES, per_level=3, generations=300, seed=0)
+    learned = A.learn_anchors(wh, STRIDES, A.AnchorSearch(per_level=3, generations=300, seed=0))
     final = learned.anchors
     sizes, ratios = final.sizes.tolist(), final.ratios.tolist()
     assert set(learned.final_fitness) == {(1, 3), (3, 1)}
@@ -173,8 +174,8 @@ def test_learned_anchors_beat_the_defaults_on_skewed_tiny_boxes_and_keep_the_lev
 
 def test_many_boxes_are_fitted_on_a_seeded_subset_but_counted_in_full():
     wh = _skewed_tiny_boxes(n=600)
-    a = A.learn_anchors(wh, STRIDES, generations=20, seed=1, max_points=100)
-    b = A.learn_anchors(wh, STRIDES, generations=20, seed=1, max_points=100)
+    a = A.learn_anchors(wh, STRIDES, A.AnchorSearch(generations=20, seed=1, max_points=100))
+    b = A.learn_anchors(wh, STRIDES, A.AnchorSearch(generations=20, seed=1, max_points=100))
     assert np.array_equal(a.anchors.sizes, b.anchors.sizes) and a.final_fitness == b.final_fitness
     assert a.anchors.served.sum() == 600
     assert a.final_fitness[a.layout] == pytest.approx(A.fitness(wh, a.anchors.wh()))  # on all boxes
@@ -385,7 +386,7 @@ def test_grid_learning_keeps_every_bucket_at_or_above_detectron2_and_beats_it():
     boxes = boxes[(boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)]
     gb = A.GridBoxes.build(boxes, np.tile([256, 256], (len(boxes), 1)), STRIDES)
     wh = boxes[:, 2:] - boxes[:, :2]
-    learned = A.learn_anchors(wh, STRIDES, 3, generations=60, seed=0, grid=gb)
+    learned = A.learn_anchors(wh, STRIDES, A.AnchorSearch(3, generations=60, seed=0), grid=gb)
     assert set(learned.final_fitness) == {(1, 3), (3, 1), "floor"} and learned.objective == "grid"
     assert len({len(s) * len(r) for s, r in zip(learned.sizes, learned.ratios)}) == 1
     ours = A.grid_metrics(gb, A.level_anchor_wh(learned.sizes, learned.ratios), counts=False)

@@ -320,7 +320,7 @@ def test_truncated_last_checkpoint_falls_back_to_an_intact_one(trained_run, tiny
 # -- ugs-predict: the detection budget of a tiled image -------------------------------------------
 
 def test_detection_budget_is_per_area():
-    from ugs_d2.cli.predict import detection_budget
+    from ugs_d2.inference.predict import detection_budget
 
     assert detection_budget((1800, 2400), 512, 100) == 1700  # 16.48 tile areas -> 17
     assert detection_budget((512, 512), 512, 100) == 100

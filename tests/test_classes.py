@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from ugs_d2.cli.classes import CocoError, remap_categories
 from ugs_d2.cli.classes import main as ugs_classes
+from ugs_d2.data.classes import remap_categories
+from ugs_d2.data.coco_json import CocoError
 
 
 def _dataset():

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ugs_d2.cli.health import health_report, render_markdown
+from ugs_d2.analysis.health import health_report, render_markdown
 from ugs_d2.cli.health import main as ugs_health
 
 

@@ -16,7 +16,8 @@ The pieces, each a small pure function (numpy only; no detectron2 import):
 * :func:`cell_anchor_wh`: the ``(w, h)`` that detectron2's ``DefaultAnchorGenerator``
   generates from ``SIZES`` x ``ASPECT_RATIOS`` (``w = s / sqrt(a)``, ``h = s * sqrt(a)``, ``a``
   = height / width), so every metric is of the anchors a model really gets.
-* :func:`initial_anchors` and :func:`evolve`: the per-level fit, see below.
+* :func:`initial_anchors` and :func:`evolve`: the per-level fit, see below;
+  :func:`learn_anchors` runs it for every layout, with the settings of :class:`AnchorSearch`.
 
 **The level rule.** detectron2 puts ``len(sizes[l]) * len(aspect_ratios[l])`` anchors at every
 position of level ``l`` (stride ``s_l``), and the RPN head needs the same count on every level.
@@ -70,7 +71,9 @@ __all__ = [
     "initial_anchors",
     "evolve",
     "round_anchors",
+    "AnchorSearch",
     "LearnedAnchors",
+    "fit_subset",
     "learn_anchors",
     "floor_level_anchors",
     "enforce_floor",
@@ -458,15 +461,39 @@ def initial_anchors(
     )
 
 
+@dataclass(frozen=True)
+class AnchorSearch:
+    """The settings of :func:`learn_anchors` and :func:`evolve` (defaults: YOLOv5's autoanchor).
+
+    per_level: anchors per position of every level (``n_sizes * n_ratios``); thr: YOLOv5's
+    ``anchor_t`` for the ratio fitness; generations, seed: of the evolution (and k-means);
+    layouts: ``(n_sizes, n_ratios)`` pairs to try (None: :func:`layouts` of ``per_level``);
+    max_points: k-means and evolution run on a seeded subset of this many boxes when there are
+    more (each generation costs O(N x anchors)); iou, floor: the grid objective's matcher
+    threshold and whether no size bucket may end below detectron2's defaults
+    (:class:`GridObjective`); mutation_prob, sigma: the mutation of :func:`evolve`.
+    """
+
+    per_level: int = 3
+    thr: float = DEFAULT_THR
+    generations: int = 1000
+    seed: int = 0
+    layouts: Optional[Sequence[Tuple[int, int]]] = None
+    max_points: int = MAX_FIT_POINTS
+    iou: float = DEFAULT_IOU
+    floor: bool = True
+    mutation_prob: float = 0.9
+    sigma: float = 0.1
+
+    def candidate_layouts(self) -> List[Tuple[int, int]]:
+        return list(self.layouts or layouts(self.per_level))
+
+
 def evolve(
     wh: np.ndarray,
     start: LevelAnchors,
     strides: np.ndarray,
-    generations: int = 1000,
-    thr: float = DEFAULT_THR,
-    seed: int = 0,
-    mutation_prob: float = 0.9,
-    sigma: float = 0.1,
+    search: AnchorSearch = AnchorSearch(),
     progress: Optional[Callable[[int, float], None]] = None,
     objective: Optional[Callable[[np.ndarray, np.ndarray], float]] = None,
 ) -> LevelAnchors:
@@ -480,6 +507,8 @@ def evolve(
     the same seed gives the same result.
 
     Args:
+        search: ``generations``, ``seed``, ``thr`` (of the default objective), ``mutation_prob``
+            and ``sigma`` are used.
         progress: called after every generation with (generation, best fitness).
         objective: ``(sizes (L, n_s), ratios (L, n_r)) -> fitness`` to maximise instead of
             YOLOv5's ratio fitness on ``wh`` (e.g. ``lambda s, r:
@@ -490,14 +519,15 @@ def evolve(
     """
     if objective is None:
         def objective(s: np.ndarray, r: np.ndarray) -> float:
-            return fitness(wh, cell_anchor_wh(s.tolist(), r.tolist()), thr)
-    rng = np.random.default_rng(seed)
+            return fitness(wh, cell_anchor_wh(s.tolist(), r.tolist()), search.thr)
+    rng = np.random.default_rng(search.seed)
+    mutation_prob, sigma = search.mutation_prob, search.sigma
     lo, hi = level_ranges(strides)
     mutable = (start.served > 0)[:, None]
     sizes, ratios = start.sizes.copy(), start.ratios.copy()
     best = objective(sizes, ratios)
     history = []
-    for generation in range(generations):
+    for generation in range(search.generations):
         factors = []
         for shape in (sizes.shape, ratios.shape):
             v = np.ones(shape)
@@ -594,89 +624,108 @@ def enforce_floor(objective: "GridObjective", sizes: List[List[float]], ratios: 
     return sizes, ratios, sorted(replaced), deficit
 
 
+def fit_subset(num_boxes: int, max_points: int, seed: int) -> np.ndarray:
+    """Sorted indices of the boxes k-means and evolution run on: all ``num_boxes``, or a seeded
+    random subset of ``max_points`` when there are more."""
+    if num_boxes <= max_points:
+        return np.arange(num_boxes)
+    return np.sort(np.random.default_rng(seed).choice(num_boxes, max_points, replace=False))
+
+
+def _grid_objectives(grid: "GridBoxes", index: np.ndarray, strides: np.ndarray,
+                     search: AnchorSearch) -> Tuple["GridObjective", "GridObjective"]:
+    """The grid objective on all boxes (for the reported fitness and the floor check) and on the
+    fitted subset ``index`` (for the evolution; the same object when the subset is everything)."""
+    d2 = detectron2_default_anchors(strides) if search.floor else None
+    full = GridObjective(grid, search.iou, floor=d2)
+    fit = GridObjective(grid.subset(index), search.iou, floor=d2) if len(index) < len(grid) else full
+    return full, fit
+
+
+def _as_written(objective: "GridObjective") -> Callable[[np.ndarray, np.ndarray], float]:
+    """``(sizes, ratios) -> fitness`` of the parameters rounded as :func:`round_anchors` writes
+    them, so that rounding cannot drop a bucket below the floor after the evolution."""
+    def score(s: np.ndarray, r: np.ndarray) -> float:
+        return objective(level_anchor_wh(np.round(s, 1).tolist(), np.round(r, 3).tolist()))
+    return score
+
+
+def _starts(fit_wh: np.ndarray, served: np.ndarray, strides: np.ndarray, search: AnchorSearch,
+            floor_start: bool) -> List[Tuple[Any, Tuple[int, int], LevelAnchors]]:
+    """``(key, layout, start)`` of every evolution: the k-means start of each candidate layout
+    (key: the layout) and, with ``floor_start`` and a ``(per_level / 3) x 3`` candidate, one on
+    the floor itself (key ``"floor"``)."""
+    candidates = search.candidate_layouts()
+    runs: List[Tuple[Any, Tuple[int, int], LevelAnchors]] = []
+    for layout in candidates:
+        start = initial_anchors(fit_wh, strides, *layout, seed=search.seed)
+        start.served = served
+        runs.append((layout, layout, start))
+    floor_layout = (search.per_level // 3, 3)
+    if floor_start and floor_layout in candidates:
+        # a second start on the floor itself (detectron2's defaults, or a superset): the deficit
+        # is 0 there, so its evolution only accepts candidates that stay on or above the floor
+        fallbacks = [floor_level_anchors(float(st), search.per_level) for st in strides]
+        start = LevelAnchors(sizes=np.array([fb[0] for fb in fallbacks]), ratios=np.array([fb[1] for fb in fallbacks]),
+                             served=served)
+        runs.append(("floor", floor_layout, start))
+    return runs
+
+
 def learn_anchors(
     wh: np.ndarray,
     strides: np.ndarray,
-    per_level: int = 3,
-    thr: float = DEFAULT_THR,
-    generations: int = 1000,
-    seed: int = 0,
-    candidate_layouts: Optional[Sequence[Tuple[int, int]]] = None,
-    progress_factory: Optional[Callable[[Tuple[int, int]], Optional[Callable[[int, float], None]]]] = None,
-    max_points: int = MAX_FIT_POINTS,
+    search: AnchorSearch = AnchorSearch(),
     grid: Optional["GridBoxes"] = None,
-    iou: float = DEFAULT_IOU,
-    floor: bool = True,
+    progress_factory: Optional[Callable[[Any], Optional[Callable[[int, float], None]]]] = None,
 ) -> LearnedAnchors:
     """k-means start, evolution and rounding for every layout; the fittest rounded result wins.
 
     Args:
         wh: (N, 2) boxes at input scale, N >= 1; strides: (L,) increasing.
-        candidate_layouts: (n_sizes, n_ratios) pairs to try; default :func:`layouts` (per_level).
-        progress_factory: layout -> the ``progress`` callback of :func:`evolve` (or None).
-        max_points: k-means and evolution use a seeded random subset of this many boxes when
-            there are more (each generation costs O(N x anchors)); the reported fitness values
-            are on all boxes.
+        search: the settings (:class:`AnchorSearch`); the fitness values reported are on all
+            boxes, also when k-means and evolution run on a subset (``max_points``).
         grid: the same N boxes with positions (:class:`GridBoxes`): the fitness is then
-            detectron2's matching (:class:`GridObjective` at ``iou``; with ``floor``, no size
-            bucket may end below detectron2's defaults, checked on all boxes after rounding by
-            :func:`enforce_floor`). None: YOLOv5's ratio fitness (``thr``). With the floor and
-            a ``(per_level / 3) x 3`` layout, one more evolution starts from the floor itself
-            (key ``"floor"`` in ``start_fitness`` / ``final_fitness``; :func:`floor_level_anchors`).
+            detectron2's matching (:class:`GridObjective` at ``search.iou``; with
+            ``search.floor``, no size bucket may end below detectron2's defaults, checked on all
+            boxes after rounding by :func:`enforce_floor`). None: YOLOv5's ratio fitness
+            (``search.thr``). With the floor and a ``(per_level / 3) x 3`` layout, one more
+            evolution starts from the floor itself (key ``"floor"`` in ``start_fitness`` /
+            ``final_fitness``; :func:`floor_level_anchors`).
+        progress_factory: run key (a layout or ``"floor"``) -> the ``progress`` callback of
+            :func:`evolve` (or None).
     """
-    candidate_layouts = list(candidate_layouts or layouts(per_level))
-    index = np.arange(len(wh))
-    if len(wh) > max_points:
-        index = np.sort(np.random.default_rng(seed).choice(len(wh), max_points, replace=False))
+    index = fit_subset(len(wh), search.max_points, search.seed)
     fit_wh = wh[index]
-    full_objective = fit_objective = None
+    full_objective, evolve_objective = None, None
     if grid is not None:
         if len(grid) != len(wh):
             raise ValueError(f"grid has {len(grid)} boxes but wh {len(wh)}")
-        d2 = detectron2_default_anchors(strides) if floor else None
-        full_objective = GridObjective(grid, iou, floor=d2)
-        fit_objective = GridObjective(grid.subset(index), iou, floor=d2) if len(index) < len(wh) else full_objective
+        full_objective, fit_objective = _grid_objectives(grid, index, strides, search)
+        evolve_objective = _as_written(fit_objective)
+    floored = full_objective is not None and full_objective.floor_covered is not None
 
     def full_score(anchors: LevelAnchors) -> float:
         if full_objective is None:
-            return fitness(wh, anchors.wh(), thr)
+            return fitness(wh, anchors.wh(), search.thr)
         return full_objective(level_anchor_wh(anchors.sizes.tolist(), anchors.ratios.tolist()))
 
-    evolve_objective = None
-    if fit_objective is not None:
-        def evolve_objective(s: np.ndarray, r: np.ndarray) -> float:
-            # scored as written (round_anchors' decimals), so rounding cannot drop a bucket below the floor
-            return fit_objective(level_anchor_wh(np.round(s, 1).tolist(), np.round(r, 3).tolist()))
-
     served = np.bincount(assign_levels(np.sqrt(wh.prod(axis=1)), strides), minlength=len(strides))
-    runs: List[Tuple[Any, Tuple[int, int], LevelAnchors]] = []
-    for layout in candidate_layouts:
-        start = initial_anchors(fit_wh, strides, *layout, seed=seed)
-        start.served = served
-        runs.append((layout, layout, start))
-    floor_layout = (per_level // 3, 3)
-    if full_objective is not None and full_objective.floor_covered is not None and floor_layout in candidate_layouts:
-        # a second start on the floor itself (detectron2's defaults, or a superset): the deficit
-        # is 0 there, so its evolution only accepts candidates that stay on or above the floor
-        fallbacks = [floor_level_anchors(float(st), per_level) for st in strides]
-        start = LevelAnchors(sizes=np.array([fb[0] for fb in fallbacks]), ratios=np.array([fb[1] for fb in fallbacks]),
-                             served=served)
-        runs.append(("floor", floor_layout, start))
     results = []
     start_fitness, final_fitness, starts = {}, {}, {}
-    for key, layout, start in runs:
+    for key, layout, start in _starts(fit_wh, served, strides, search, floored):
         starts[key] = start
         start_fitness[key] = full_score(start)
         progress = progress_factory(key) if progress_factory else None
-        final = round_anchors(evolve(fit_wh, start, strides, generations, thr, seed=seed, progress=progress,
-                                     objective=evolve_objective), strides)
+        final = round_anchors(evolve(fit_wh, start, strides, search, progress=progress, objective=evolve_objective),
+                              strides)
         final_fitness[key] = full_score(final)
         results.append((final_fitness[key], layout, final, key))
     best = max(results, key=lambda r: r[0])  # first of equals: fewer sizes, more ratios, k-means start
     sizes, ratios = best[2].sizes.tolist(), best[2].ratios.tolist()
     replaced, deficit = [], 0
-    if full_objective is not None and full_objective.floor_covered is not None:
-        sizes, ratios, replaced, deficit = enforce_floor(full_objective, sizes, ratios, strides, per_level)
+    if floored:
+        sizes, ratios, replaced, deficit = enforce_floor(full_objective, sizes, ratios, strides, search.per_level)
     return LearnedAnchors(anchors=best[2], layout=best[1], start_fitness=start_fitness, final_fitness=final_fitness,
                           sizes=sizes, ratios=ratios, floor_levels=replaced, deficit=deficit,
                           objective="ratio" if grid is None else "grid", starts=starts, start=best[3])

@@ -4,37 +4,23 @@
     ugs-augment train.json images/ --aug crop --crop-size 0.5 0.5 --n 12 --out crop.png
     ugs-augment --aug rotation --max-angle 30 --seed 1 --out rotation.png
 
-Each cell is one training sample after the augmentation (always applied: probability 1), drawn
-through the same mapper as training (:class:`ugs_d2.data.mapper.AugmentingDatasetMapper`, without
-resize or flip) with its boxes outlined in one colour per class. The caption names the source
-image id(s); ``(no crop)`` marks a sample where no window avoided the small boxes. Without
-``DATASET_JSON IMAGE_DIR`` it uses ``datasets/synth`` (``annotations/train.json``, ``train/``)
-when that exists, else a 16-image synthetic set generated into a temporary directory. The same
-``--seed`` gives the same grid. Written atomically.
+Each cell is one training sample after the augmentation, drawn through the training mapper with
+its boxes outlined; what the cells and captions show, and the dataset used without
+``DATASET_JSON IMAGE_DIR``: :mod:`ugs_d2.data.augment_preview`. Written atomically.
 """
 import argparse
-import math
-import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional
 
-import numpy as np
-
+from ugs_d2.data.augment_preview import AUGMENTATIONS, DEFAULT_IMAGES, DEFAULT_JSON, PreviewAugmentation
 from ugs_d2.data.coco_json import DatasetError
 from ugs_d2.fileio import write_atomic
 
-__all__ = ["AUGMENTATIONS", "augmented_samples", "render_grid", "main"]
+__all__ = ["main"]
 
 PROG = "ugs-augment"
-AUGMENTATIONS = ("mosaic", "crop", "rotation")
-DEFAULT_JSON = os.path.join("datasets", "synth", "annotations", "train.json")
-DEFAULT_IMAGES = os.path.join("datasets", "synth", "train")
-FALLBACK_IMAGES = 16  # images of the synthetic set generated when no dataset is given
-# one outline colour per class (RGB), cycled
-PALETTE = ((0, 255, 0), (255, 64, 64), (64, 160, 255), (255, 220, 0), (255, 0, 255), (0, 255, 255),
-           (255, 140, 0), (180, 120, 255))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,111 +80,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"{PROG}: {message}")
 
 
-def _build_mapper(args: argparse.Namespace, records: Sequence[Dict]):
-    """The training mapper with only the chosen augmentation, always applied."""
-    from ugs_d2.data.augment import MosaicSettings, RandomRotationWithBoxes, SmallObjectSafeCrop
-    from ugs_d2.data.mapper import MIN_BOX_SIDE, AugmentingDatasetMapper
-
-    augmentations, mosaic = [], None
-    if args.aug == "crop":
-        augmentations.append(
-            SmallObjectSafeCrop(tuple(args.crop_size), "relative", args.small_object_max_side)
-        )
-    elif args.aug == "rotation":
-        augmentations.append(RandomRotationWithBoxes(args.max_angle))
-    else:
-        mosaic = MosaicSettings(
-            prob=1.0,
-            size=tuple(args.mosaic_size) if args.mosaic_size else None,
-            min_area_ratio=args.min_area_ratio,
-        )
-    return AugmentingDatasetMapper(
-        True,
-        augmentations=augmentations,
-        image_format="RGB",
-        mosaic=mosaic,
-        mosaic_pool=records if mosaic else None,
-        seed=args.seed,
-        min_box_side=MIN_BOX_SIDE,
-    )
-
-
-def augmented_samples(mapper, records: Sequence[Dict], n: int, seed: int, progress: bool = True) -> List[Dict]:
-    """Map ``n`` records drawn (with ``seed``) from ``records``.
-
-    Returns dicts with ``image`` (H, W, 3 uint8, the mapper's channel order), ``boxes`` (M, 4)
-    XYXY, ``classes`` (M,), ``source_ids`` (the image ids it came from) and ``input_hw``.
-    """
-    from tqdm import tqdm
-
-    np.random.seed(seed)  # detectron2-style augmentations draw from np.random
-    picks = np.random.default_rng(seed).integers(len(records), size=n)
-    samples = []
-    for index in tqdm(picks, desc=PROG, unit="sample", disable=not progress):
-        record = records[int(index)]
-        out = mapper(record)
-        instances = out["instances"]
-        samples.append(
-            {
-                "image": out["image"].permute(1, 2, 0).numpy(),
-                "boxes": instances.gt_boxes.tensor.numpy().astype(np.float64),
-                "classes": instances.gt_classes.numpy(),
-                "source_ids": out.get("mosaic_of", [record.get("image_id")]),
-                "input_hw": (int(record["height"]), int(record["width"])),
-            }
-        )
-    return samples
-
-
-def _caption(sample: Dict, aug: str) -> str:
-    ids = ",".join(str(i) for i in sample["source_ids"])
-    text = f"{'mosaic ' if aug == 'mosaic' else 'image '}{ids}: {len(sample['boxes'])} boxes"
-    if aug == "crop" and sample["image"].shape[:2] == sample["input_hw"]:
-        text += " (no crop)"
-    return text
-
-
-def render_grid(samples: Sequence[Dict], aug: str, cols: Optional[int] = None, scale: int = 2):
-    """A PIL image: one cell per sample (upscaled ``scale`` x, boxes outlined, a caption),
-    ``cols`` per row (default ``ceil(sqrt(n))``)."""
-    from PIL import Image, ImageDraw
-
-    cols = cols or math.ceil(math.sqrt(len(samples)))
-    rows = math.ceil(len(samples) / cols)
-    caption_h, pad = 14, 4
-    cell_h = max(s["image"].shape[0] for s in samples) * scale + caption_h
-    cell_w = max(s["image"].shape[1] for s in samples) * scale
-    grid = Image.new("RGB", (cols * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), (32, 32, 32))
-    draw = ImageDraw.Draw(grid)
-    for k, sample in enumerate(samples):
-        x0 = pad + (k % cols) * (cell_w + pad)
-        y0 = pad + (k // cols) * (cell_h + pad)
-        image = Image.fromarray(np.ascontiguousarray(sample["image"]))
-        grid.paste(image.resize((image.width * scale, image.height * scale), Image.NEAREST), (x0, y0 + caption_h))
-        for box, cls in zip(sample["boxes"], sample["classes"]):
-            bx0, by0, bx1, by1 = (float(v) * scale for v in box)
-            draw.rectangle(
-                [x0 + bx0, y0 + caption_h + by0, x0 + bx1 - 1, y0 + caption_h + by1 - 1],
-                outline=PALETTE[int(cls) % len(PALETTE)],
-            )
-        draw.text((x0 + 2, y0 + 1), _caption(sample, aug), fill=(230, 230, 230))
-    return grid
-
-
-def _dataset(args: argparse.Namespace, workdir: str) -> Tuple[str, str]:
-    """(json, image dir): the given ones, datasets/synth, or a small generated set in workdir."""
-    if args.json is not None:
-        return args.json, args.images
-    if os.path.isfile(DEFAULT_JSON) and os.path.isdir(DEFAULT_IMAGES):
-        return DEFAULT_JSON, DEFAULT_IMAGES
-    from ugs_d2.data import synth
-
-    print(f"[{PROG}] no {DEFAULT_JSON}: generating {FALLBACK_IMAGES} synthetic images in {workdir}",
-          file=sys.stderr)
-    paths = synth.generate(os.path.join(workdir, "synth"), FALLBACK_IMAGES, 0, seed=0, progress=False)
-    return paths["train_json"], paths["train_images"]
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
     from ugs_d2.interrupts import interruptible
@@ -209,21 +90,20 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-augment: ...``)."""
+    from ugs_d2.data import augment_preview as preview
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     _check_args(args)
-    from ugs_d2.data.datasets import load_coco_detection
-
+    aug = PreviewAugmentation(args.aug, args.mosaic_size and tuple(args.mosaic_size), args.min_area_ratio,
+                              tuple(args.crop_size), args.small_object_max_side, args.max_angle)
     workdir = tempfile.mkdtemp(prefix="ugs-augment-")
     try:
-        json_path, image_dir = _dataset(args, workdir)
-        if not os.path.isdir(image_dir):
-            raise DatasetError(f"IMAGE_DIR {image_dir} is not a directory")
-        records = [r for r in load_coco_detection(json_path, image_dir) if r["annotations"]]
-        if not records:
-            raise DatasetError(f"{json_path}: no image with annotations")
-        mapper = _build_mapper(args, records)
-        samples = augmented_samples(mapper, records, args.n, args.seed)
-        grid = render_grid(samples, args.aug, args.cols, args.scale)
+        json_path, image_dir = preview.preview_dataset(args.json, args.images, workdir,
+                                                       log=lambda m: print(f"[{PROG}] {m}", file=sys.stderr))
+        records = preview.annotated_records(json_path, image_dir)
+        mapper = preview.build_preview_mapper(aug, records, args.seed)
+        samples = preview.augmented_samples(mapper, records, args.n, args.seed, desc=PROG)
+        grid = preview.render_grid(samples, args.aug, args.cols, args.scale)
         write_atomic(args.out, lambda f: grid.save(f, format="PNG"))
     except (DatasetError, OSError) as e:
         raise SystemExit(f"{PROG}: {e}") from None

@@ -3,7 +3,7 @@ k-means + evolution, on COCO jsons and on a generated skewed box set.
 
     ugs-bench anchors --dataset datasets/synth/annotations/train.json:256 --out results/anchors/benchmark.md
 
-For every box set: the grid-IoU table of :func:`ugs_d2.cli.anchors.grid_table` (recall at IoU
+For every box set: the grid-IoU table of :func:`ugs_d2.analysis.anchors.grid_table` (recall at IoU
 0.5 and 0.7 per size bucket, anchors per GT, BPR line) for detectron2's FPN defaults, the
 ``tiny_r18_fpn`` preset, ugs-anchors with ``--objective grid`` (its k-means start and result),
 ugs-anchors with ``--objective ratio`` and a YOLOv5-style ``kmean_anchors`` (15 free (w, h) by
@@ -67,15 +67,16 @@ def bench_one(name: str, coco: Dict[str, Any], input_size: int, generations: int
     wh = boxes[:, 2:] - boxes[:, :2]
     grid = A.GridBoxes.build(boxes, image_hw, strides)
     log(f"{name}: {len(wh)} boxes; grid objective...")
-    grid_fit, grid_s, grid_cpu = _timed(lambda: A.learn_anchors(wh, strides, 3, generations=generations, seed=seed,
-                                                                grid=grid, iou=iou))
+    grid_fit, grid_s, grid_cpu = _timed(lambda: A.learn_anchors(
+        wh, strides, A.AnchorSearch(3, generations=generations, seed=seed, iou=iou), grid=grid))
     log(f"{name}: ratio objective...")
-    ratio_fit, ratio_s, ratio_cpu = _timed(lambda: A.learn_anchors(wh, strides, 3, generations=generations, seed=seed))
+    ratio_fit, ratio_s, ratio_cpu = _timed(lambda: A.learn_anchors(
+        wh, strides, A.AnchorSearch(3, generations=generations, seed=seed)))
     log(f"{name}: YOLOv5-style...")
     yolo, yolo_s, yolo_cpu = _timed(lambda: A.yolov5_style_anchors(wh, 15, generations=generations, seed=seed))
     log(f"{name}: grid objective without the floor...")
-    free_fit, free_s, free_cpu = _timed(lambda: A.learn_anchors(wh, strides, 3, generations=generations, seed=seed,
-                                                                grid=grid, iou=iou, floor=False))
+    free_fit, free_s, free_cpu = _timed(lambda: A.learn_anchors(
+        wh, strides, A.AnchorSearch(3, generations=generations, seed=seed, iou=iou, floor=False), grid=grid))
     start = grid_fit.starts[grid_fit.layout]
     d2 = A.detectron2_default_anchors(strides)
     sets = [
@@ -109,7 +110,7 @@ def run_anchors_bench(datasets: Sequence[Tuple[str, Dict[str, Any], int]], gener
 
 
 def format_report(outcome: Dict[str, Any], command: str, started: str, wall_s: float, loads: List[float]) -> str:
-    from ugs_d2.cli.anchors import format_lists, grid_table
+    from ugs_d2.analysis.anchors import format_lists, grid_table
 
     g, iou = outcome["generations"], outcome["iou"]
     lines = ["# Anchors: detectron2 matching (grid IoU) vs YOLOv5's ratio objective", "", "```", command, "```", "",

@@ -44,33 +44,21 @@ def _check_output_dir(path: str) -> None:
         raise SystemExit(f"ugs-data: --out {path} {problem}")
 
 
-def _format_statistics(split: str, stats: dict) -> str:
-    buckets = stats["area_buckets"]
-    return (
-        f"{split}: {stats['num_images']} images ({stats['num_empty_images']} empty), "
-        f"{stats['num_annotations']} boxes, {stats['objects_per_image_mean']:.1f} per image "
-        f"(max {stats['objects_per_image_max']}); longer side < 16 px: "
-        f"{100 * stats['frac_max_side_lt16']:.0f}%, < 32 px: {100 * stats['frac_max_side_lt32']:.0f}%; "
-        f"COCO small/medium/large: {buckets['small']}/{buckets['medium']}/{buckets['large']}"
-    )
-
-
 def _synth(args: argparse.Namespace) -> None:
+    from ugs_d2.analysis.health import format_statistics
     from ugs_d2.data import synth
 
     _check_output_dir(args.out)
     try:
         config = synth.SynthConfig(image_size=args.image_size)
-        paths = synth.generate(
-            args.out, args.train, args.val, args.seed, config, overwrite=args.force
-        )
+        paths = synth.generate(args.out, args.train, args.val, args.seed, config, overwrite=args.force)
     except FileExistsError as e:
         raise SystemExit(f"ugs-data: {e} (use --force to overwrite)") from None
     except (OSError, ValueError) as e:
         raise SystemExit(f"ugs-data: {e}") from None
     print(f"[ugs-data] wrote {paths['root']}")
     for split in ("train", "val"):
-        print("[ugs-data] " + _format_statistics(split, synth.dataset_statistics(paths[f"{split}_json"])))
+        print("[ugs-data] " + format_statistics(split, synth.dataset_statistics(paths[f"{split}_json"])))
 
 
 def _visdrone(args: argparse.Namespace) -> None:

@@ -3,151 +3,20 @@
     ugs-predict outputs/default/tiling=on datasets/synth/val --out dets.json --tiled
     ugs-predict RUN_DIR big_scene.jpg --out dets.json --tiled --tile 512 --batch-size 8 --vis vis/
 
-* the model is ``RUN_DIR/detectron2_config.yaml`` + ``RUN_DIR/model_final.pth`` (or ``--weights``);
-* without ``--tiled`` each image is resized to the run's test size (as in evaluation); with
-  ``--tiled`` it is cut into overlapping windows that go through the model ``--batch-size`` at a
-  time at native resolution (:class:`ugs_d2.inference.tiled.TiledPredictor`); ``--tile`` and
-  ``--overlap`` default to the run's ``tiling.*`` when it trained on tiles;
-* a tiled image keeps at most ``--max-detections`` detections after merging; by default a
-  per-area budget: the run's per-image limit (``model.roi.detections_per_image``) for every
-  tile-sized area of the image, ``limit * ceil(height * width / tile^2)``; a line says when
-  the budget dropped any;
-* the checkpoint must fit the run's model exactly (no missing or reshaped parameter), else one
-  line names the first mismatching keys;
-* the output is a json list of ``{"image_id", "file_name", "category_id", "bbox": [x, y, w, h],
-  "score"}`` (COCO results format), written atomically. ``category_id`` is the dataset's own id
-  when the run's dataset json can be found (from ``RUN_DIR/.hydra/config.yaml``, or
-  ``--dataset-json``), else the model's contiguous class index (a warning says so);
-  ``image_id`` is present when the image's file name is in that json;
-* ``--vis DIR`` also writes one PNG per image with the boxes drawn.
+The model, the tiling, the detection budget, the category ids and the output format:
+:mod:`ugs_d2.inference.predict`. Errors are one line; the json is written atomically.
 """
 import argparse
-import colorsys
-import io
-import os
 import sys
-import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
-from ugs_d2.fileio import output_problem
+from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.fileio import output_problem, write_json_atomic
+from ugs_d2.inference import predict as P
 
-__all__ = ["main", "detection_budget", "find_images", "to_coco_results"]
+__all__ = ["main"]
 
 PROG = "ugs-predict"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def find_images(paths: List[str]) -> List[str]:
-    """Image files from files and directories (a directory: its images, sorted, not recursive).
-
-    Raises:
-        FileNotFoundError: a path does not exist, or no image was found (one line).
-    """
-    images = []
-    for path in paths:
-        if os.path.isdir(path):
-            images += sorted(
-                os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif os.path.isfile(path):
-            images.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such image file or directory")
-    if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(paths)}")
-    return images
-
-
-def detection_budget(image_hw: Tuple[int, int], tile: int, per_tile: int) -> int:
-    """Detections a tiled image may keep by default: ``per_tile`` for every tile-sized area,
-    ``per_tile * ceil(height * width / tile^2)`` (at least ``per_tile``).
-
-    >>> detection_budget((1800, 2400), 512, 100)   # 16.5 tile areas
-    1700
-    """
-    height, width = image_hw
-    return per_tile * max(1, -(-(int(height) * int(width)) // (int(tile) * int(tile))))
-
-
-def to_coco_results(instances, image_key: Dict, category_ids: Optional[List[int]]) -> List[dict]:
-    """detectron2 ``Instances`` -> COCO result dicts (``bbox`` as x, y, w, h).
-
-    Args:
-        image_key: fields identifying the image (``image_id`` and/or ``file_name``).
-        category_ids: contiguous class index -> dataset category id (None: keep the index).
-    """
-    boxes = instances.pred_boxes.tensor.detach().cpu().tolist()
-    scores = instances.scores.detach().cpu().tolist()
-    classes = instances.pred_classes.detach().cpu().tolist()
-    results = []
-    for (x0, y0, x1, y1), score, cls in zip(boxes, scores, classes):
-        results.append({
-            **image_key,
-            "category_id": category_ids[cls] if category_ids is not None else int(cls),
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(score, 5),
-        })
-    return results
-
-
-def _check_output(option: str, path: str, directory: bool) -> None:
-    """An output must be creatable: of the right kind if it exists, under a writable directory."""
-    problem = output_problem(path, directory)
-    if problem:
-        raise SystemExit(f"{PROG}: {option} {path} {problem}")
-
-
-def _dataset_info(run_dir: str,
-                  dataset_json: Optional[str]) -> Tuple[Optional[List[int]], List[str], Dict[str, int], str]:
-    """``(category ids by contiguous index, class names, {file basename: image id}, note)``.
-
-    From ``--dataset-json``, else the test split of the run's dataset when its files exist.
-    """
-    from ugs_d2.data.coco_json import DatasetError, read_coco_json
-
-    if dataset_json is None:
-        hydra_cfg = os.path.join(run_dir, ".hydra", "config.yaml") if os.path.isdir(run_dir) else ""
-        if not os.path.isfile(hydra_cfg):
-            return None, [], {}, "no .hydra/config.yaml in the run directory"
-        try:
-            from detectron2.data import MetadataCatalog
-            from omegaconf import OmegaConf
-
-            from ugs_d2.data.datasets import register_dataset, split_names
-
-            cfg = OmegaConf.load(hydra_cfg)
-            if not os.path.isdir(os.path.expanduser(str(cfg.dataset.root))):
-                return None, [], {}, f"dataset.root {cfg.dataset.root} not found from {os.getcwd()}"
-            register_dataset(cfg.dataset)
-            dataset_json = MetadataCatalog.get(split_names(cfg.dataset)[1][0]).get("json_file")
-        except (DatasetError, OSError, KeyError, AttributeError) as e:
-            return None, [], {}, f"the run's dataset could not be read ({str(e).splitlines()[0]})"
-        if not dataset_json:
-            return None, [], {}, "the run's test split has no COCO json"
-    data = read_coco_json(dataset_json)
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    image_ids = {os.path.basename(str(i["file_name"])): i["id"] for i in data["images"]}
-    return [c["id"] for c in categories], [c["name"] for c in categories], image_ids, dataset_json
-
-
-def _draw(image_bgr, instances, class_names: List[str], path: str) -> None:
-    """Boxes, class names and scores on the image; PNG written atomically."""
-    from PIL import Image, ImageDraw
-
-    from ugs_d2.fileio import write_atomic
-
-    image = Image.fromarray(image_bgr[:, :, ::-1].copy())
-    draw = ImageDraw.Draw(image)
-    boxes = instances.pred_boxes.tensor.cpu().tolist()
-    for box, score, cls in zip(boxes, instances.scores.cpu().tolist(), instances.pred_classes.cpu().tolist()):
-        r, g, b = colorsys.hsv_to_rgb((cls * 0.618) % 1.0, 0.9, 1.0)  # distinct hue per class
-        color = (int(r * 255), int(g * 255), int(b * 255))
-        draw.rectangle(box, outline=color, width=1)
-        name = class_names[cls] if cls < len(class_names) else str(cls)
-        draw.text((box[0], max(0, box[1] - 10)), f"{name} {score:.2f}", fill=color)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_atomic(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,114 +73,76 @@ def main(argv: Optional[List[str]] = None) -> None:
         _predict(args)
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> List[str]:
+    """The images; every option that can be checked before the model loads."""
     try:
-        images = find_images(args.images)
+        images = P.find_images(args.images)
     except FileNotFoundError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
         raise SystemExit(f"{PROG}: --score-thresh: expected a number in [0, 1], got {args.score_thresh}")
-    _check_output("--out", args.out, directory=False)  # before the model runs, not after
-    if args.vis:
-        _check_output("--vis", args.vis, directory=True)
+    for option, path, directory in (("--out", args.out, False), ("--vis", args.vis, True)):
+        problem = path and output_problem(path, directory)  # before the model runs, not after
+        if problem:
+            raise SystemExit(f"{PROG}: {option} {path} {problem}")
+    return images
 
-    import torch
-    from tqdm import tqdm
 
-    from ugs_d2.config import resolve_device
-    from ugs_d2.data.coco_json import DatasetError
-    from ugs_d2.data.tiling import allow_large_images
-    from ugs_d2.fileio import write_json_atomic
-    from ugs_d2.inference.tiled import TiledPredictor, load_model, predict_whole_image
+def _load(args: argparse.Namespace):
+    """The run's model (``--score-thresh`` set on it) and, with ``--tiled``, its TiledPredictor."""
+    from ugs_d2.inference.tiled import TiledPredictor
 
     try:
-        model = load_model(args.run_dir, args.weights, device=resolve_device(args.device))
-    except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"{PROG}: {str(e).splitlines()[0]}") from None
-    if args.score_thresh is not None and hasattr(model, "roi_heads"):
-        # below the run's own threshold the model would have dropped the boxes already
-        model.roi_heads.box_predictor.test_score_thresh = args.score_thresh
-    run_tiling = model.ugs_cfg.get("TILING")
-    trained_on_tiles = run_tiling is not None and bool(run_tiling.TRAIN.ENABLED)
-    if args.tile is None:
-        args.tile = int(run_tiling.TILE) if trained_on_tiles else 512
-    if args.overlap is None:
-        args.overlap = float(run_tiling.OVERLAP) if trained_on_tiles else 0.2
-    if trained_on_tiles and not args.tiled:  # the guide: a model trained on tiles must see tiles
-        print(f"[{PROG}] warning: the run trained on {run_tiling.TILE} px tiles; without --tiled it "
+        model = P.load_for_prediction(args.run_dir, args.weights, args.device, args.score_thresh)
+    except P.PredictError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    args.tile, args.overlap, trained_tile = P.run_tiling(model, args.tile, args.overlap)
+    if trained_tile is not None and not args.tiled:  # the guide: a model trained on tiles must see tiles
+        print(f"[{PROG}] warning: the run trained on {trained_tile} px tiles; without --tiled it "
               "sees whole resized images", file=sys.stderr)
-    predictor = None
     if args.max_detections is not None and args.max_detections < 1:
         raise SystemExit(f"{PROG}: --max-detections: expected a positive integer, got {args.max_detections}")
     if args.max_detections is not None and not args.tiled:
         raise SystemExit(f"{PROG}: --max-detections needs --tiled (a whole image keeps the run's own limit)")
-    per_tile = int(model.ugs_cfg.TEST.DETECTIONS_PER_IMAGE)
-    if args.tiled:
-        try:
-            predictor = TiledPredictor(  # the budget is applied below, per image
-                model, args.tile, args.overlap, args.batch_size, args.full_image, args.merge,
-                args.match_metric, args.match_threshold, args.upscale, max_detections=None,
-            )
-        except ValueError as e:
-            name, _, rest = str(e).partition(":")
-            raise SystemExit(f"{PROG}: --{name.replace('_', '-')}:{rest}") from None
+    if not args.tiled:
+        return model, None
     try:
-        category_ids, class_names, image_ids, source = _dataset_info(args.run_dir, args.dataset_json)
+        return model, TiledPredictor(  # the budget is applied per image by predict_images
+            model, args.tile, args.overlap, args.batch_size, args.full_image, args.merge,
+            args.match_metric, args.match_threshold, args.upscale, max_detections=None,
+        )
+    except ValueError as e:
+        name, _, rest = str(e).partition(":")
+        raise SystemExit(f"{PROG}: --{name.replace('_', '-')}:{rest}") from None
+
+
+def _predict(args: argparse.Namespace) -> None:
+    images = _check_args(args)
+    model, predictor = _load(args)
+    try:
+        dataset = P.dataset_info(args.run_dir, args.dataset_json)
     except DatasetError as e:
         raise SystemExit(f"{PROG}: --dataset-json: {e}") from None
-    if category_ids is None:
-        print(f"[{PROG}] warning: category_id is the model's class index: {source}", file=sys.stderr)
-    elif len(category_ids) != model.ugs_cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise SystemExit(
-            f"{PROG}: {source} has {len(category_ids)} categories, the model "
-            f"{model.ugs_cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes"
-        )
-
-    from detectron2.data.detection_utils import read_image
-
-    results, total_s, model_s = [], 0.0, 0.0
-    cut_images, cut_kept, cut_found = 0, 0, 0
-    for path in tqdm(images, desc=PROG, unit="img"):
-        try:
-            with allow_large_images():
-                image = read_image(path, format="BGR")
-        except OSError as e:
-            raise SystemExit(f"{PROG}: {path}: cannot read the image ({e})") from None
-        start = time.perf_counter()
-        if predictor is not None:
-            instances = predictor(image)
-            model_s += predictor.last_timing["model_s"]
-            budget = args.max_detections or detection_budget(image.shape[:2], args.tile, per_tile)
-            if len(instances) > budget:
-                cut_images, cut_kept, cut_found = cut_images + 1, cut_kept + budget, cut_found + len(instances)
-                top = torch.argsort(instances.scores, descending=True, stable=True)[:budget]
-                instances = instances[top]
-        else:
-            channels = image[:, :, ::-1] if model.ugs_input_format == "RGB" else image
-            tensor = torch.as_tensor(channels.transpose(2, 0, 1).astype("float32"))
-            instances, seconds = predict_whole_image(model, tensor, model.ugs_test_size)
-            model_s += seconds
-        total_s += time.perf_counter() - start
-        if args.score_thresh is not None:
-            instances = instances[instances.scores >= args.score_thresh]
-        key = {"file_name": os.path.abspath(path)}
-        if os.path.basename(path) in image_ids:
-            key = {"image_id": image_ids[os.path.basename(path)], **key}
-        results += to_coco_results(instances, key, category_ids)
-        if args.vis:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            _draw(image, instances, class_names, os.path.join(args.vis, f"{stem}.png"))
-    write_json_atomic(args.out, results)
-    if cut_images:
+    if dataset.category_ids is None:
+        print(f"[{PROG}] warning: category_id is the model's class index: {dataset.source}", file=sys.stderr)
+    per_tile = int(model.ugs_cfg.TEST.DETECTIONS_PER_IMAGE)
+    settings = P.PredictSettings(args.tile, per_tile, args.score_thresh, args.max_detections, args.vis)
+    try:
+        P.check_classes(dataset, model.ugs_cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        run = P.predict_images(model, predictor, images, settings, dataset, desc=PROG)
+    except P.PredictError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    write_json_atomic(args.out, run.results)
+    if run.cut_images:
         source = ("--max-detections" if args.max_detections
                   else f"{per_tile} per {args.tile} px tile area; --max-detections")
-        print(f"[{PROG}] warning: the detection budget ({source}) kept {cut_kept} of {cut_found} "
-              f"detections on {cut_images} image{'s' if cut_images != 1 else ''}", file=sys.stderr)
-    share = 100 * (1 - model_s / total_s) if total_s > 0 else 0.0
+        print(f"[{PROG}] warning: the detection budget ({source}) kept {run.cut_kept} of {run.cut_found} "
+              f"detections on {run.cut_images} image{'s' if run.cut_images != 1 else ''}", file=sys.stderr)
+    share = 100 * (1 - run.model_s / run.total_s) if run.total_s > 0 else 0.0
     mode = (f"tiled {args.tile} px, overlap {args.overlap}, batch {predictor.batch_size}" if args.tiled
             else "whole image")
-    print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(results)} detections in "
-          f"{total_s:.2f} s, {share:.1f}% outside the model's forward")
+    print(f"[{PROG}] {len(images)} image{'s' if len(images) != 1 else ''} ({mode}): {len(run.results)} detections in "
+          f"{run.total_s:.2f} s, {share:.1f}% outside the model's forward")
     print(f"[{PROG}] wrote {args.out}")
 
 

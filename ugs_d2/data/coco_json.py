@@ -5,6 +5,7 @@ import os
 from typing import Tuple
 
 __all__ = [
+    "CocoError",
     "DatasetError",
     "GIGANTIC_IMAGE_SIDE",
     "gigantic_warning",
@@ -16,6 +17,11 @@ __all__ = [
 
 class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and the problem."""
+
+
+class CocoError(DatasetError):
+    """A COCO dict's content is malformed, or an option does not fit it (a class name that is
+    not there); one line."""
 
 
 def read_coco_json(path: str) -> dict:
