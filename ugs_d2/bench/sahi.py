@@ -614,7 +614,8 @@ def _variant_batch_sizes(spec: SahiBenchSpec) -> Dict[str, int]:
     return variants
 
 
-def _write_scenes(spec: SahiBenchSpec, workdir: str, log: Callable[[str], None]):
+def _write_scenes(spec: SahiBenchSpec, workdir: str,
+                  log: Callable[[str], None]) -> Tuple[List[Tuple[np.ndarray, np.ndarray]], List[str]]:
     """Generate the scenes and save each as ``scene_I.npy`` in ``workdir`` (the workers load them).
 
     Returns ``(ground truth [(boxes (N, 4), classes (N,))] per scene, the .npy paths)``.
