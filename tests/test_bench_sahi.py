@@ -6,20 +6,18 @@ import inspect
 import numpy as np
 import pytest
 
-from ugs_d2.cli.bench import BenchError
-from ugs_d2.cli.bench_sahi import (
-    SCENE_STREAM,
+from ugs_d2.bench.common import BenchError
+from ugs_d2.bench.sahi import (
     agreement,
-    box_iou,
-    make_scene,
     matched_mask,
-    parse_size,
     resolve_run,
     run_variant,
     sahi_call_kwargs,
     sahi_windows,
     write_bench_config,
 )
+from ugs_d2.bench.scenes import SCENE_STREAM, make_scene, parse_size
+from ugs_d2.boxes import box_iou
 from ugs_d2.data import synth
 from ugs_d2.data.tiling import tile_windows
 
@@ -123,7 +121,7 @@ def _raw(variant, times, model, detections, peak_kb=2048, before_kb=1024):
 
 
 def test_report_ratios_and_shares_by_hand():
-    from ugs_d2.cli.bench_sahi import _summarize, format_report
+    from ugs_d2.bench.sahi import _summarize, format_report
 
     dets = [{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "classes": [0]}]
     gt = [(np.array([[0, 0, 10, 10], [50, 50, 60, 60]], dtype=np.float32), np.array([0, 0]))]

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+from ugs_d2.bench.scenes import scene_coco
+from ugs_d2.bench.tiling import MODES
 from ugs_d2.cli.bench import run_command_line
-from ugs_d2.cli.bench_tiling import MODES, scene_coco
 
 
 def test_scene_ground_truth_is_coco_by_hand():
@@ -56,7 +57,7 @@ def test_every_model_and_mode_is_evaluated_end_to_end(tiny_run, tmp_path):
 
 
 def test_whole_image_budget_is_raised_for_the_block_and_restored(tiny_run):
-    from ugs_d2.cli.bench_tiling import whole_image_budget
+    from ugs_d2.bench.tiling import whole_image_budget
     from ugs_d2.inference.tiled import load_model
 
     model = load_model(str(tiny_run))
