@@ -353,15 +353,13 @@ class _SahiRunner:
 
 class _OursRunner:
     def __init__(self, spec: Dict[str, Any]):
-        from ugs_d2.inference.tiled import TiledPredictor, load_model
+        from ugs_d2.inference.tiled import TiledPredictor, TilingSpec, load_model
 
         model = load_model(spec["config"], weights=spec["weights"], device=spec["device"])
         fast = spec["variant"] == FAST  # the defaults; the other ours* rows: the plain model at --batch-size
-        self.predictor = TiledPredictor(
-            model, tile=spec["tile"], overlap=spec["overlap"], batch_size=None if fast else spec["batch_size"],
-            full_image=False, merge="nms", metric="iou", threshold=MERGE_IOU, upscale=False,
-            optimize=None if fast else False,
-        )
+        tiling = TilingSpec(tile=spec["tile"], overlap=spec["overlap"], batch_size=None if fast else spec["batch_size"],
+                            full_image=False, merge="nms", metric="iou", threshold=MERGE_IOU, upscale=False)
+        self.predictor = TiledPredictor(model, tiling, optimize=None if fast else False)
         del model  # the optimized copy is all the predictor needs: the original's memory is freed
         self.effective_postprocess = "NMS/IOU"
         self.durations: Dict[str, float] = {}

@@ -130,13 +130,13 @@ def _run_settings(model, spec: TilingBenchSpec) -> _RunSettings:
 
 def _predict_mode(model, mode: str, settings: _RunSettings, scenes: Sequence[Scene], max_dets: int):
     """Run one mode on every scene; returns ``(COCO detections, wall s per image, CPU s per image)``."""
-    from ugs_d2.inference.tiled import TiledPredictor, _to_model_tensor, predict_whole_image
+    from ugs_d2.inference.tiled import TiledPredictor, TilingSpec, _to_model_tensor, predict_whole_image
 
     predictor = None
     if mode != "whole":
-        predictor = TiledPredictor(model, tile=settings.tile, overlap=settings.overlap,
-                                   full_image=mode == "tiled+full", test_size=settings.test_size,
-                                   max_detections=max_dets)
+        spec = TilingSpec(tile=settings.tile, overlap=settings.overlap, full_image=mode == "tiled+full",
+                          max_detections=max_dets)
+        predictor = TiledPredictor(model, spec, test_size=settings.test_size)
     detections, times, cpu_times = [], [], []
     for i, (image_rgb, _, _) in enumerate(scenes, start=1):
         image_bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])

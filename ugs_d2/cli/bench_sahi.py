@@ -97,8 +97,3 @@ def run_command_line(args: argparse.Namespace, argv: Sequence[str], invoked_as: 
     return run_and_report(lambda: run_sahi_benchmark(_spec(args), log), format_report, args.out, argv, invoked_as,
                           PROG, log)
 
-
-if __name__ == "__main__":  # `python -m ugs_d2.cli.bench_sahi ARGS` = `ugs-bench sahi ARGS`
-    from ugs_d2.cli.bench import run_command_line as _bench_command_line
-
-    _bench_command_line(["sahi"] + sys.argv[1:], "python -m ugs_d2.cli.bench")

@@ -90,7 +90,7 @@ def _check_args(args: argparse.Namespace) -> List[str]:
 
 def _load(args: argparse.Namespace):
     """The run's model (``--score-thresh`` set on it) and, with ``--tiled``, its TiledPredictor."""
-    from ugs_d2.inference.tiled import TiledPredictor
+    from ugs_d2.inference.tiled import TiledPredictor, TilingSpec
 
     try:
         model = P.load_for_prediction(args.run_dir, args.weights, args.device, args.score_thresh)
@@ -107,10 +107,10 @@ def _load(args: argparse.Namespace):
     if not args.tiled:
         return model, None
     try:
-        return model, TiledPredictor(  # the budget is applied per image by predict_images
-            model, args.tile, args.overlap, args.batch_size, args.full_image, args.merge,
+        return model, TiledPredictor(model, TilingSpec(  # the budget is applied per image by predict_images
+            args.tile, args.overlap, args.batch_size, args.full_image, args.merge,
             args.match_metric, args.match_threshold, args.upscale, max_detections=None,
-        )
+        ))
     except ValueError as e:
         name, _, rest = str(e).partition(":")
         raise SystemExit(f"{PROG}: --{name.replace('_', '-')}:{rest}") from None
