@@ -274,6 +274,7 @@ def test_shipped_example_works_with_ugs_train():
         (["{data}", "--input-size", "256", "128"], "ugs-anchors: --input-size: MAX 128 is smaller than MIN 256"),
         (["{data}", "--base", "[[8],[16]]"], "ugs-anchors: --input-size is needed with explicit --base sizes"),
         (["{data}", "--base", "nosuchpreset"], "ugs-anchors: --base: expected a model preset"),
+        (["{data}", "--levels", "p3..p5"], "ugs-anchors: --base tiny_r18_fpn has 5 anchor levels but --levels gives 3"),
         (["{data}", "--out", "{tmp}/a.txt"], "ugs-anchors: --out: expected a .yaml file"),
     ],
 )

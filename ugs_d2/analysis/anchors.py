@@ -220,6 +220,16 @@ def base_anchors(base: str, base_ratios: Optional[str], strides: Sequence[float]
     return {"name": "given", "sizes": sizes, "aspect_ratios": _number_lists(ratios, "--base-ratios"), "input": None}
 
 
+def _check_same_levels(options: AnchorOptions, plan: AnchorPlan, base: Dict[str, Any]) -> None:
+    """The base anchors need one size list per level of ``--levels`` (the comparison pairs them)."""
+    if len(base["sizes"]) != len(plan.strides):
+        raise AnchorsError(
+            f"--base {options.base} has {len(base['sizes'])} anchor levels but --levels gives "
+            f"{len(plan.strides)} (strides {', '.join(f'{s:g}' for s in plan.strides)}): give --levels "
+            "to match, or --base detectron2 / sizes with one list per level"
+        )
+
+
 # ------------------------------------------------------------------------------ formatting
 def _fmt(v: float) -> str:
     return repr(float(v))
@@ -461,6 +471,7 @@ def learn_and_report(options: AnchorOptions, plan: AnchorPlan, base: Dict[str, A
     ``deficit``.
     """
     data = _read_boxes(options, plan, base)
+    _check_same_levels(options, plan, base)
     lines, counts = _dataset_lines(options, plan, data)
     before = A.anchor_metrics(data.wh, A.cell_anchor_wh(base["sizes"], base["aspect_ratios"]), options.thr)
     lines += ["", f"before ({base['name']}: sizes {format_lists(base['sizes'], ',')}, aspect_ratios "
