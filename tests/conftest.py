@@ -15,7 +15,7 @@ def _importable_projects() -> None:
     ``pip install -e .`` this does nothing."""
     import importlib.util
 
-    folders = [os.path.join(REPO, "projects", name) for name in ("UGS_RetinaNet", "UGS_FCOS", "UGS_Cascade", "UGS_GFL")]
+    folders = [os.path.join(REPO, "projects", name) for name in ("UGS_RetinaNet", "UGS_FCOS", "UGS_Cascade", "UGS_GFL", "UGS_Rotated")]
     missing = [f for f in folders if importlib.util.find_spec(os.path.basename(f).lower()) is None]
     if missing:
         sys.path[:0] = missing

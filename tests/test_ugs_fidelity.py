@@ -248,3 +248,31 @@ def test_dense_decoding_transform_decodes_only_the_rows_it_applies():
     torch.testing.assert_close(transform.apply_deltas(deltas, anchors), transform.transform.apply_deltas(deltas, anchors))
     assert transform.apply_deltas(torch.zeros(0, 44), anchors[:0]).shape == (0, 4)  # no detection
     assert transform.weights == (1.0, 1.0, 1.0, 1.0)  # other attributes are the wrapped one's
+
+
+def test_an_angle_grid_bins_the_fifth_coordinate_on_its_own_grid_by_hand():
+    """Oriented boxes: dx, dy, dw, dh on the stage grid, da on the angle grid (same K)."""
+    from ugs_d2.bins import expectation
+    from ugs_d2.losses import bin_cross_entropy
+
+    grid, angle_grid = in_grid(2.0, 1.0, 4), in_grid(0.5, 1.0, 4)
+    stage = BinLocalization("bins", grid, angle_grid=angle_grid)
+    assert stage.num_coords == 5 and BinLocalization("bins", grid).num_coords == 4
+    logits, targets = torch.randn(3, 5, 5), torch.tensor([[0.1, -0.3, 1.2, 0.0, 0.2]] * 3)
+    point = stage.point(logits)
+    torch.testing.assert_close(point[:, :4], expectation(logits[:, :4], grid))
+    torch.testing.assert_close(point[:, 4], expectation(logits[:, 4], angle_grid))
+    assert point[:, 4].abs().max() <= 0.5  # the angle decodes inside its own range
+    want = (bin_cross_entropy(logits[:, :4], targets[:, :4], grid).sum()
+            + bin_cross_entropy(logits[:, 4], targets[:, 4], angle_grid).sum()) / 2.0
+    torch.testing.assert_close(stage.loc_loss(logits, targets, normalizer=2.0), want)
+    # a target of 0.2 on the angle grid is not what it would be on the stage grid
+    assert not torch.allclose(stage.loc_loss(logits, targets, 2.0), BinLocalization("bins", in_grid(
+        2.0, 1.0, 4)).loc_loss(logits[:, :4], targets[:, :4], 2.0) + bin_cross_entropy(
+        logits[:, 4], targets[:, 4], grid).sum() / 2.0)
+    with pytest.raises(ValueError, match="angle grid needs bins and as many points"):
+        BinLocalization("bins", grid, angle_grid=in_grid(0.5, 1.0, 6))
+    # the angle grid travels with the checkpoint and a different one is refused
+    other = BinLocalization("bins", grid, angle_grid=in_grid(0.7, 1.0, 4))
+    with pytest.raises(GridMismatchError, match="angle_grid was trained with grid"):
+        check_grids(other.state_dict(), stage.state_dict(), "ckpt.pth")

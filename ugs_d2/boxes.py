@@ -5,6 +5,10 @@ so that tiled inference, the SAHI benchmark and the dataset health report agree 
 bit on what an overlap is. Boxes are ``x0, y0, x1, y1`` (XYXY_ABS) everywhere here; numpy
 arrays and tensors are both accepted and numpy arrays come back (the callers are numpy code).
 
+Oriented boxes are detectron2's ``XYWHA_ABS``: centre, width, height and an angle in degrees,
+counter-clockwise as seen on the image (whose y axis points down). :func:`polygon_to_rotated_box`
+turns an annotated polygon (SODA-A's 4 corners) into one.
+
 One exception, :func:`overlap_with`, is numpy: one box against a few others, called once per
 kept box inside the sequential greedy merge of tiled inference, where the fixed cost of a torch
 op (tens of microseconds, against one for numpy) made merging 3-4x slower; it is tested equal
@@ -24,7 +28,10 @@ if TYPE_CHECKING:
 # torch and detectron2 are imported in the functions: the command-line tools import this module
 # at start, and their --help must not pay for (or print the warnings of) importing torch.
 
-__all__ = ["MATCH_METRICS", "box_iou", "box_ios", "pairwise_overlap", "overlap_with", "clip_boxes"]
+__all__ = [
+    "MATCH_METRICS", "box_iou", "box_ios", "pairwise_overlap", "overlap_with", "clip_boxes",
+    "convex_hull", "polygon_to_rotated_box",
+]
 
 MATCH_METRICS = ("iou", "ios")
 
@@ -125,3 +132,64 @@ def clip_boxes(boxes: ArrayLike, width: float, height: float) -> np.ndarray:
     clipped = _as_boxes(boxes)
     clipped.clip((height, width))  # detectron2's order: (h, w)
     return clipped.tensor.numpy()
+
+
+def convex_hull(points: np.ndarray) -> np.ndarray:
+    """(K, 2) points -> (H, 2) their convex hull, counter-clockwise in x-right/y-up axes, no
+    repeated or collinear points (Andrew's monotone chain). Fewer than 3 distinct points come
+    back as they are (deduplicated)."""
+    pts = sorted(set(map(tuple, np.asarray(points, dtype=np.float64).reshape(-1, 2).tolist())))
+    if len(pts) < 3:
+        return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def half(sequence):
+        chain = []
+        for p in sequence:
+            while len(chain) >= 2 and cross(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain[:-1]
+
+    return np.asarray(half(pts) + half(pts[::-1]), dtype=np.float64)
+
+
+def polygon_to_rotated_box(polygon: ArrayLike) -> tuple:
+    """The minimum-area rectangle around a polygon, as a detectron2 ``XYWHA_ABS`` box.
+
+    The rectangle has a side on an edge of the polygon's convex hull (Freeman & Shapira), so
+    each hull edge is tried. Of equally small rectangles (a rectangle's 4 sides give the same
+    one) the one whose ``w`` side is closest to horizontal is returned, so the box is canonical:
+    an axis-aligned rectangle gives angle 0 and ``w`` = its horizontal extent.
+
+    Args:
+        polygon: ``[x0, y0, x1, y1, ...]`` or (K, 2), K >= 1 (SODA-A: 4 corners, any order).
+
+    Returns:
+        ``(cx, cy, w, h, angle)`` floats: the ``w`` side points along ``(cos a, -sin a)`` in image
+        coordinates, ``angle`` in degrees in ``[-90, 90)``; ``w`` or ``h`` is 0 for collinear points.
+    """
+    points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    hull = convex_hull(points)
+    if len(hull) < 2:
+        (cx, cy), = hull if len(hull) else points[:1]
+        return float(cx), float(cy), 0.0, 0.0, 0.0
+    best = None
+    for start, end in zip(hull, np.roll(hull, -1, axis=0)):
+        edge = end - start
+        length = float(np.hypot(*edge))
+        if length == 0:
+            continue
+        u = edge / length
+        v = np.array([-u[1], u[0]])
+        along, across = points @ u, points @ v
+        w, h = float(np.ptp(along)), float(np.ptp(across))
+        angle = float(np.degrees(np.arctan2(-u[1], u[0])))  # counter-clockwise on screen
+        angle = (angle + 90.0) % 180.0 - 90.0  # u and -u give the same rectangle: [-90, 90)
+        centre = u * (along.max() + along.min()) / 2 + v * (across.max() + across.min()) / 2
+        key = (round(w * h, 6), abs(angle))  # smallest area, then the most horizontal w side
+        if best is None or key < best[0]:
+            best = (key, (float(centre[0]), float(centre[1]), w, h, angle))
+    return best[1]

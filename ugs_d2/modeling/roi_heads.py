@@ -6,6 +6,9 @@
 Everything downstream of the predictions (inference, ``train_on_pred_boxes``) sees ordinary
 deltas ``(R, C*4)`` decoded from them. With neither option the classes are detectron2's.
 
+The box dimension B is the box transform's (its weights): 4, or 5 for a rotated head
+(``Box2BoxTransformRotated``), whose localization then has an angle grid; read 4 as B below.
+
 Shapes: R proposals in the batch, F foreground proposals, K = n + 1.
 """
 from contextlib import contextmanager
@@ -60,7 +63,8 @@ class UGSFastRCNNOutputLayers(StageFromConfig, FastRCNNOutputLayers):
         """
         super().__init__(input_shape, **kwargs)
         self.localization = localization
-        self.num_bbox_reg_classes = self.bbox_pred.out_features // 4  # C, before widening below
+        self.box_dim = len(self.box2box_transform.weights)  # B: 4, or 5 (rotated)
+        self.num_bbox_reg_classes = self.bbox_pred.out_features // self.box_dim  # C, before widening below
         P = localization.params_per_coord
         if P != 1:
             old = self.bbox_pred
@@ -69,8 +73,8 @@ class UGSFastRCNNOutputLayers(StageFromConfig, FastRCNNOutputLayers):
             nn.init.constant_(self.bbox_pred.bias, 0)
 
     def _box_params(self, box_params: Tensor) -> Tensor:
-        """(R, C*4*P) -> (R, C, 4, P)."""
-        return box_params.view(-1, self.num_bbox_reg_classes, 4, self.params_per_coord)
+        """(R, C*B*P) -> (R, C, B, P)."""
+        return box_params.view(-1, self.num_bbox_reg_classes, self.box_dim, self.params_per_coord)
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
         """(R, C*4*P) head outputs -> (R, C*4) deltas: bin expectation, or the KL mean."""
@@ -131,7 +135,8 @@ class UGSFastRCNNOutputLayers(StageFromConfig, FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class UGSROIHeads(StandardROIHeads):
-    """StandardROIHeads whose box predictor is :class:`UGSFastRCNNOutputLayers`.
+    """StandardROIHeads whose box predictor is :class:`UGSFastRCNNOutputLayers` (``BOX_PREDICTOR``;
+    a rotated subclass names its own).
 
     For the lean UR pass (:meth:`refinement_losses`) it uses that ROIAlign is linear in the
     features: ``ROIAlign(P + eps) = ROIAlign(P) + ROIAlign(eps)`` for the same boxes (the level
@@ -140,10 +145,12 @@ class UGSROIHeads(StandardROIHeads):
     second ROIAlign backward, the same values to float rounding.
     """
 
+    BOX_PREDICTOR = UGSFastRCNNOutputLayers
+
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = UGSFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        ret["box_predictor"] = cls.BOX_PREDICTOR(cfg, ret["box_head"].output_shape)
         return ret
 
     @contextmanager

@@ -7,6 +7,9 @@ log-variance) with ``MODEL.UGS.RPN.REG_LOSS = "kl"``. Its channels are laid out 
 ``A*P`` groups of 4, yields ``(N, Hi*Wi*A*P, 4)`` per level; :func:`unflatten_box_params` turns
 that into ``(N, Hi*Wi*A, P, 4)``. With neither option (``P = 1``) both classes are detectron2's.
 
+The box dimension B is the anchors': 4 (``Boxes``), or 5 (``RotatedBoxes``: a rotated RPN,
+whose localization then has an angle grid); the layout is the same with B in place of 4.
+
 Shapes: N images, L levels, A cell anchors, R = sum_i Hi*Wi*A anchors per image, K = n + 1.
 """
 from contextlib import contextmanager
@@ -85,6 +88,8 @@ class UGSRPN(StageFromConfig, RPN):
     UGS_STAGE = "RPN"
     UM_KEY = "loss_um_rpn"
     ENTROPY_KEY = ENTROPY_KEY
+    #: detectron2's NMS and top-k of the decoded proposals (a rotated RPN: find_top_rrpn_proposals)
+    find_top_proposals = staticmethod(find_top_rpn_proposals)
 
     @configurable
     def __init__(self, *, localization: BinLocalization, **kwargs):
@@ -99,7 +104,7 @@ class UGSRPN(StageFromConfig, RPN):
         self._reuse_labels = False
 
     def point_deltas(self, box_params: Tensor) -> Tensor:
-        """(..., P, 4) head outputs -> (..., 4) deltas: bin expectation, or the KL mean."""
+        """(..., P, B) head outputs -> (..., B) deltas: bin expectation, or the KL mean."""
         return self.localization.point(box_params.transpose(-1, -2))
 
     @torch.no_grad()
@@ -155,11 +160,11 @@ class UGSRPN(StageFromConfig, RPN):
         point = [self.point_deltas(params).detach()]
         losses = super().losses(anchors, pred_objectness_logits, gt_labels, point, gt_boxes)
         fg_mask = torch.stack(gt_labels) == 1  # (N, R)
-        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        all_anchors = type(anchors[0]).cat(anchors).tensor  # (R, B): Boxes or RotatedBoxes
         gt_deltas = torch.stack(
             [self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes]
-        )  # (N, R, 4), detectron2's encoding with MODEL.RPN.BBOX_REG_WEIGHTS
-        fg_params = params[fg_mask].transpose(1, 2)  # (F, 4, P)
+        )  # (N, R, B), detectron2's encoding with MODEL.RPN.BBOX_REG_WEIGHTS
+        fg_params = params[fg_mask].transpose(1, 2)  # (F, B, P)
         normalizer = self.batch_size_per_image * len(gt_labels)  # as detectron2's loss_rpn_loc
         extra = self.localization.losses(fg_params, gt_deltas[fg_mask], normalizer)
         losses["loss_rpn_loc"] = extra.pop("loc") * self.loss_weight.get("loss_rpn_loc", 1.0)
@@ -196,13 +201,14 @@ class UGSRPN(StageFromConfig, RPN):
                 params = torch.gather(
                     params, 1, keep[:, :, None, None].expand(-1, -1, *params.shape[2:])
                 )  # (N, k, P, 4)
-                deltas = self.point_deltas(params)  # (N, k, 4)
+                deltas = self.point_deltas(params)  # (N, k, B)
+                box_dim = deltas.shape[-1]
                 boxes = self.box2box_transform.apply_deltas(
-                    deltas.reshape(-1, 4), anchors_i.tensor[keep].reshape(-1, 4)
+                    deltas.reshape(-1, box_dim), anchors_i.tensor[keep].reshape(-1, box_dim)
                 )
                 top_logits.append(logits_i)
                 top_proposals.append(boxes.view(*keep.shape, -1))
-            return find_top_rpn_proposals(
+            return self.find_top_proposals(
                 top_proposals,
                 top_logits,
                 image_sizes,

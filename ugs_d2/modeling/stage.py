@@ -16,8 +16,14 @@ dense heads (RetinaNet, FCOS) hold instead of writing the same pieces three time
 :class:`BinDecodingTransform` lets detectron2's own decoding code (dense heads' top-k
 inference) take bin logits: it decodes only the rows it is asked to apply.
 
-Shapes: F foreground elements, K = n + 1 grid points, P values per coordinate (K for bins,
-2 for KL, 1 native).
+Oriented boxes (detectron2's ``XYWHA``, five deltas dx, dy, dw, dh, da) add a fifth
+coordinate, the angle delta, which lives in other units (radians times the box transform's
+angle weight) and range than the other four: given an ``angle_grid`` it is binned, decoded and
+scored on that grid, the first four on ``grid`` (both with K points, so the parameters stay one
+tensor).
+
+Shapes: F foreground elements, C = 4 coordinates (5 with an angle grid), K = n + 1 grid points,
+P values per coordinate (K for bins, 2 for KL, 1 native).
 """
 from typing import Dict, Mapping, Optional
 
@@ -52,7 +58,7 @@ class GridMismatchError(ValueError):
 class BinLocalization(nn.Module):
     """One stage's localization: grid, decode, localization loss, UM loss, entropy side output.
 
-    Parameters are laid out ``(..., 4, P)`` (coordinates, then values per coordinate).
+    Parameters are laid out ``(..., C, P)`` (coordinates, then values per coordinate).
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class BinLocalization(nn.Module):
         coord_reduction: str = "sum",
         um_key: str = "loss_um",
         entropy_key: str = ENTROPY_PREFIX,
+        angle_grid: Tensor = None,
     ):
         """
         Args:
@@ -72,9 +79,10 @@ class BinLocalization(nn.Module):
             grid: Tensor[K], the IN grid; required for "bins".
             um_weight: lambda of Eq. 16, weight of the UM loss.
             loc_weight: weight of the localization (and, as a factor, the UM) loss.
-            coord_reduction: "sum" or "mean" over the 4 coordinates of an element.
+            coord_reduction: "sum" or "mean" over the C coordinates of an element.
             um_key: loss-dict key of the UM loss.
             entropy_key: loss-dict key of the entropy side output (starts with ENTROPY_PREFIX).
+            angle_grid: Tensor[K], the grid of a fifth (angle) coordinate; bins only.
         """
         super().__init__()
         if mode not in MODES:
@@ -83,6 +91,8 @@ class BinLocalization(nn.Module):
             raise ValueError(f"coordinate reduction must be sum or mean, got {coord_reduction!r}")
         if mode == "bins" and (grid is None or grid.numel() < 2):
             raise ValueError("bins need a grid of at least 2 points")
+        if angle_grid is not None and (mode != "bins" or angle_grid.shape != grid.shape):
+            raise ValueError("an angle grid needs bins and as many points as the grid")
         if not entropy_key.startswith(ENTROPY_PREFIX):
             raise ValueError(f"entropy key must start with {ENTROPY_PREFIX!r}, got {entropy_key!r}")
         self.mode = mode
@@ -96,6 +106,7 @@ class BinLocalization(nn.Module):
         # persistent: the grid is part of what a checkpoint was trained with (check_grids);
         # None (no state-dict entry) without bins, so native stages keep detectron2's keys
         self.register_buffer("grid", grid if mode == "bins" else None)
+        self.register_buffer("angle_grid", angle_grid)  # persistent too: check_grids compares it
 
     @property
     def params_per_coord(self) -> int:
@@ -104,14 +115,29 @@ class BinLocalization(nn.Module):
             return self.grid.numel()
         return 2 if self.mode == "kl" else 1
 
+    @property
+    def num_coords(self) -> int:
+        """C: 4, or 5 with an angle grid."""
+        return 4 if self.angle_grid is None else 5
+
     def point(self, params: Tensor) -> Tensor:
-        """(..., 4, P) -> (..., 4): the bin expectation, the KL mean, or the value itself."""
-        if self.mode == "bins":
+        """(..., C, P) -> (..., C): the bin expectation, the KL mean, or the value itself."""
+        if self.mode != "bins":
+            return params[..., 0]
+        if self.angle_grid is None:
             return expectation(params, self.grid)
-        return params[..., 0]
+        return torch.cat([expectation(params[..., :4, :], self.grid),
+                          expectation(params[..., 4:, :], self.angle_grid)], dim=-1)
+
+    def _bin_cross_entropy(self, fg_params: Tensor, fg_targets: Tensor) -> Tensor:
+        """(F, C, K), (F, C) -> (F, C): Eq. 10 per coordinate, the angle on its own grid."""
+        if self.angle_grid is None:
+            return bin_cross_entropy(fg_params, fg_targets, self.grid)
+        return torch.cat([bin_cross_entropy(fg_params[:, :4], fg_targets[:, :4], self.grid),
+                          bin_cross_entropy(fg_params[:, 4:], fg_targets[:, 4:], self.angle_grid)], dim=-1)
 
     def _reduce(self, per_coord: Tensor, weights: Optional[Tensor] = None) -> Tensor:
-        """(F, 4) -> scalar: sum over elements of the sum or mean over the coordinates, each
+        """(F, C) -> scalar: sum over elements of the sum or mean over the coordinates, each
         element times ``weights`` (F,) if given (GFL weighs its DFL by the predicted score)."""
         per_element = per_coord.sum(-1) if self.coord_reduction == "sum" else per_coord.mean(-1)
         if weights is not None:
@@ -124,11 +150,11 @@ class BinLocalization(nn.Module):
         """Localization loss of the foreground elements, divided by ``normalizer``.
 
         Args:
-            fg_params: Tensor[F, 4, P]; fg_targets: Tensor[F, 4] encoded targets.
+            fg_params: Tensor[F, C, P]; fg_targets: Tensor[F, C] encoded targets.
             weights: optional Tensor[F], a factor per element (see :meth:`_reduce`).
         """
         if self.mode == "bins":
-            per_coord = bin_cross_entropy(fg_params, fg_targets, self.grid)
+            per_coord = self._bin_cross_entropy(fg_params, fg_targets)
         elif self.mode == "kl":
             per_coord = kl_loss(fg_params[..., 0], fg_params[..., 1], fg_targets)
         else:
@@ -138,7 +164,7 @@ class BinLocalization(nn.Module):
     def uncertainty_losses(
         self, fg_logits: Tensor, normalizer: float, weights: Optional[Tensor] = None
     ) -> Dict[str, Tensor]:
-        """UM loss (Eq. 12) and the entropy side output of the foreground bin logits (F, 4, K).
+        """UM loss (Eq. 12) and the entropy side output of the foreground bin logits (F, C, K).
 
         Normalised exactly like :meth:`loc_loss` (same reduction, weight and normaliser), so
         ``um_weight`` weighs the entropy against the localization loss itself.
@@ -162,8 +188,10 @@ class BinLocalization(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        grid = [round(v, 4) for v in self.grid.tolist()] if self.grid is not None else None
-        return f"mode={self.mode}, grid={grid}, um_weight={self.um_weight}, loc_weight={self.loc_weight}"
+        fmt = lambda g: [round(v, 4) for v in g.tolist()] if g is not None else None  # noqa: E731
+        angle = f", angle_grid={fmt(self.angle_grid)}" if self.angle_grid is not None else ""
+        return (f"mode={self.mode}, grid={fmt(self.grid)}{angle}, um_weight={self.um_weight}, "
+                f"loc_weight={self.loc_weight}")
 
 
 class BinDecodingTransform:
@@ -182,8 +210,9 @@ class BinDecodingTransform:
         self.localization = localization
 
     def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        if deltas.shape[-1] != 4:
-            deltas = self.localization.point(deltas.view(*deltas.shape[:-1], 4, deltas.shape[-1] // 4))
+        coords = self.localization.num_coords
+        if deltas.shape[-1] != coords:
+            deltas = self.localization.point(deltas.view(*deltas.shape[:-1], coords, deltas.shape[-1] // coords))
         return self.transform.apply_deltas(deltas, boxes)
 
     def __getattr__(self, name):
@@ -193,7 +222,7 @@ class BinDecodingTransform:
 def check_grids(model_state: Mapping[str, Tensor], checkpoint_state: Mapping[str, Tensor], source: str) -> None:
     """Refuse a checkpoint whose UGS grids differ from the model's.
 
-    Every ``*.grid`` buffer of the model that the checkpoint also holds must be equal in shape
+    Every ``*.grid`` / ``*.angle_grid`` buffer of the model that the checkpoint also holds must be equal in shape
     and value (to 1e-6): a model decodes with the grid it was trained with, so evaluating a
     checkpoint under another range, modulator, number of intervals or grid form would silently
     give wrong boxes. Checkpoints without the key (written before grids were saved) pass.
@@ -202,7 +231,7 @@ def check_grids(model_state: Mapping[str, Tensor], checkpoint_state: Mapping[str
         GridMismatchError: one line naming the first differing key and both grids.
     """
     for key, mine in model_state.items():
-        if not (key == "grid" or key.endswith(".grid")) or key not in checkpoint_state:
+        if key.split(".")[-1] not in ("grid", "angle_grid") or key not in checkpoint_state:
             continue
         theirs = torch.as_tensor(checkpoint_state[key])
         same = theirs.shape == mine.shape and torch.allclose(
