@@ -2,6 +2,8 @@
 (:mod:`ugs_d2.data.soda_a`)."""
 import argparse
 
+from ugs_d2.cli.data_arguments import check_output_dir
+
 __all__ = ["add_parser"]
 
 DESCRIPTION = (
@@ -20,12 +22,9 @@ DESCRIPTION = (
 def _soda_a(args: argparse.Namespace) -> None:
     from ugs_d2.data import soda_a
     from ugs_d2.data.coco_json import DatasetError
-    from ugs_d2.fileio import output_problem
 
     out = args.root if args.out is None else args.out
-    problem = output_problem(out, directory=True)
-    if problem:
-        raise SystemExit(f"ugs-data: --out {out} {problem}")
+    check_output_dir(out)
     splits = None if args.splits is None else [s.strip() for s in args.splits.split(",") if s.strip()]
     try:
         converted = soda_a.convert(args.root, out, splits=splits, keep_ignore=args.keep_ignore,
