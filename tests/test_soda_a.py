@@ -169,3 +169,28 @@ def test_unpaired_files_and_bad_json_are_one_line(tmp_path):
         soda_a.convert_split(str(root), "train", progress=False)
     with pytest.raises(DatasetError, match=r"no SODA-A split"):
         soda_a.convert(str(tmp_path), str(tmp_path / "out"), progress=False)
+
+
+def test_ugs_data_soda_a_then_ugs_train_on_it(tmp_path, capsys):
+    """The command converts the official layout, and an axis-aligned detector trains on the
+    jsons' bbox and evaluates with the SODA buckets (evaluation=soda_a)."""
+    from conftest import TINY_RUN, run_ugs_train
+
+    from ugs_d2.cli.data import main as ugs_data
+
+    objects = {f"{i:05d}": [{"poly": flat(corners(20 + 3 * i, 24, 12, 6, 15 * i)), "category_id": i % 3},
+                            {"poly": flat(corners(44, 30, 8, 8, 0)), "category_id": 8}] for i in range(1, 5)}
+    root = write_soda_a(tmp_path / "soda", objects, size=(96, 64))
+    write_soda_a(root, objects, split="val", size=(96, 64))
+    ugs_data(["soda-a", str(root)])
+    out = capsys.readouterr().out
+    assert "[ugs-data] soda-a train: 4 images, 8 oriented boxes, 0 ignore regions dropped" in out, out
+    with pytest.raises(SystemExit, match=r"train.json exists \(use --force to overwrite\)"):
+        ugs_data(["soda-a", str(root)])
+    run = tmp_path / "run"
+    proc = run_ugs_train(TINY_RUN + ["dataset=soda_a", "evaluation=soda_a", "evaluation.max_dets=100", f"dataset.root={root}",
+                                     "schedule.max_iter=2", f"hydra.run.dir={run}", "wandb.enabled=false"],
+                         cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert {"AP", "APs", "APeS", "APrS", "APgS", "APN"} <= set(results), sorted(results)
