@@ -131,7 +131,9 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
 
     Returns:
         One dict per image: ``file_name``, ``height``, ``width``, ``image_id`` and
-        ``annotations`` (``bbox`` in XYWH_ABS, ``category_id`` contiguous from 0, ``iscrowd``).
+        ``annotations`` (``bbox`` in XYWH_ABS, ``category_id`` contiguous from 0, ``iscrowd``,
+        and ``rbox``, the oriented box in XYWHA_ABS, where the json has one: ugs-data soda-a,
+        the synthetic set with oriented objects).
     """
     data = read_coco_json(json_file)
     category_ids = sorted(c["id"] for c in data["categories"])
@@ -162,17 +164,27 @@ def load_coco_detection(json_file: str, image_root: str, check_files: bool = Tru
         if w <= 0 or h <= 0:
             dropped["non-positive width or height"] += 1
             continue
-        records[image_id]["annotations"].append(
-            {
-                "bbox": [x, y, w, h],
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": contiguous[category_id],
-                "iscrowd": int(ann.get("iscrowd", 0)),
-            }
-        )
+        record = {
+            "bbox": [x, y, w, h],
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": contiguous[category_id],
+            "iscrowd": int(ann.get("iscrowd", 0)),
+        }
+        if "rbox" in ann:
+            record["rbox"] = _rbox(json_file, position, ann["rbox"])
+        records[image_id]["annotations"].append(record)
     for reason, count in dropped.items():
         logger.warning(f"{json_file}: dropped {count} box(es) with {reason}")
     return list(records.values())
+
+
+def _rbox(json_file: str, position: int, rbox) -> List[float]:
+    """An annotation's oriented box ``[cx, cy, w, h, angle]``, or one clear DatasetError."""
+    if not isinstance(rbox, list) or len(rbox) != 5 or not all(_is_number(v) and math.isfinite(v) for v in rbox):
+        raise DatasetError(
+            f"{json_file}: annotations[{position}].rbox: expected 5 finite numbers (cx, cy, w, h, angle), got {rbox!r}"
+        )
+    return [float(v) for v in rbox]
 
 
 def _is_number(value) -> bool:

@@ -53,6 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from ugs_d2.boxes import polygon_to_rotated_box
 from ugs_d2.fileio import write_atomic, write_json_atomic
 
 __all__ = [
@@ -199,6 +200,11 @@ class SynthConfig:
     """Aspect ratio is the shape's base aspect times exp(U(-a, a))."""
     rotation_jitter_deg: float = 15.0
     """Rotation of shapes without free rotation is U(-r, r) degrees."""
+    oriented: bool = False
+    """Oriented objects: every shape turned by U(-90, 90) degrees, and each annotation gets
+    ``rbox``, the minimum-area rectangle of the object's outline (``[cx, cy, w, h, angle]``,
+    detectron2's XYWHA_ABS), with ``area`` its ``w * h`` (as SODA-A's). False: the same draws and
+    files as before this option existed (but for this key in ``synth_config.json``)."""
 
     # --- objects per image
     objects_mean: float = 9.0
@@ -328,6 +334,7 @@ class _LiveObject:
     y0: int
     visible: np.ndarray  # (h, w) float32: alpha, zero outside the image, x (1 - cover) so far
     area: float  # sum of the full alpha, including any part outside the image
+    outline: Optional[np.ndarray] = None  # (K, 2) the object's outer outline in px (oriented data)
 
 
 def _transform(shape: _Shape, size: float, aspect: float, angle_deg: float, cx: float, cy: float):
@@ -589,8 +596,11 @@ def _draw_shape(
     """Paint one shape (``size`` px box side, jittered aspect and rotation) at ``centre``; an
     object (``category_id`` not None) joins ``canvas.live`` with the part of it inside the image."""
     aspect = shape.aspect * math.exp(rng.uniform(-cfg.aspect_jitter, cfg.aspect_jitter))
-    angle = (rng.uniform(0, 360) if shape.free_rotation
-             else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg))
+    if cfg.oriented:  # one draw, as in the other branch: the rest of the sequence is unchanged
+        angle = rng.uniform(-90.0, 90.0)
+    else:
+        angle = (rng.uniform(0, 360) if shape.free_rotation
+                 else rng.uniform(-cfg.rotation_jitter_deg, cfg.rotation_jitter_deg))
     cx, cy = centre
     parts, box = _transform(shape, size, aspect, angle, cx, cy)
     patch = _rasterize(parts, box, cfg.supersample)
@@ -607,7 +617,9 @@ def _draw_shape(
     if category_id is not None:
         visible = np.zeros_like(patch.alpha)
         visible[clipped[1]] = patch.alpha[clipped[1]]  # the part outside the image is lost
-        canvas.live.append(_LiveObject(category_id, box, patch.x0, patch.y0, visible, float(patch.alpha.sum())))
+        outline = parts[0][0] if cfg.oriented else None  # the first part is the filled outline
+        canvas.live.append(_LiveObject(category_id, box, patch.x0, patch.y0, visible, float(patch.alpha.sum()),
+                                       outline))
 
 
 def _draw_objects_and_distractors(rng: np.random.Generator, canvas: _Canvas, cfg: SynthConfig) -> None:
@@ -652,7 +664,10 @@ def _visible_annotations(live: Sequence[_LiveObject], cfg: SynthConfig) -> List[
         w, h = round(x1 - x0, 2), round(y1 - y0, 2)
         if w < 1.0 or h < 1.0:
             continue
-        annotations.append({"category_id": obj.category_id, "bbox": [x0, y0, w, h]})
+        annotation = {"category_id": obj.category_id, "bbox": [x0, y0, w, h]}
+        if obj.outline is not None:
+            annotation["rbox"] = [round(v, 2) for v in polygon_to_rotated_box(obj.outline)]
+        annotations.append(annotation)
     return annotations
 
 
@@ -670,6 +685,7 @@ def render_sample(rng: np.random.Generator,
         annotations: list of ``{"category_id": int (1-based), "bbox": [x, y, w, h]}`` with the
             box in px (XYWH, floats rounded to 2 decimals), the full object's box clipped to
             the image, w and h >= 1. Only objects at least ``min_visible_fraction`` visible.
+            With ``config.oriented`` also ``"rbox": [cx, cy, w, h, angle]`` (not clipped).
 
     The draws from ``rng`` come in a fixed order (background, clutter, objects and
     distractors, foreground clutter, sensor): the same generator gives the same sample.
@@ -753,11 +769,13 @@ def generate_split(
         _atomic_write_bytes(os.path.join(image_dir, file_name), _png_bytes(image))
         images.append({"id": index, "file_name": file_name, "width": config.image_size, "height": config.image_size})
         for a in anns:
-            w, h = a["bbox"][2], a["bbox"][3]
-            # area = box area: there are no masks, and COCO's small/medium/large ranges are
-            # then about box size, which is what "small object" means here.
+            w, h = a["rbox"][2:4] if "rbox" in a else a["bbox"][2:]
+            # area = box area (of the oriented box if there is one): there are no masks, and
+            # COCO's small/medium/large ranges are then about box size, which is what "small
+            # object" means here.
+            oriented = {"rbox": a["rbox"]} if "rbox" in a else {}
             annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": a["category_id"],
-                                "bbox": a["bbox"], "area": round(w * h, 2), "iscrowd": 0})
+                                "bbox": a["bbox"], **oriented, "area": round(w * h, 2), "iscrowd": 0})
 
     for name in os.listdir(image_dir):
         m = _IMAGE_NAME.match(name)

@@ -183,6 +183,10 @@ class UGSTrainer(DefaultTrainer):
         from ugs_d2.data.mapper import FileNamingDatasetMapper, build_train_loader, needs_augmenting_mapper
 
         try:
+            if cfg.INPUT.get("ORIENTED_BOXES", False):  # a rotated detector: the records' rbox
+                from ugs_d2.data.oriented import OrientedDatasetMapper
+
+                return build_detection_train_loader(cfg, mapper=OrientedDatasetMapper(cfg, True))
             if needs_augmenting_mapper(cfg):
                 return build_train_loader(cfg)
             # detectron2's default loader, with a mapper that names an image it cannot decode
@@ -228,6 +232,11 @@ class UGSTrainer(DefaultTrainer):
 
             return PascalVOCDetectionEvaluator(dataset_name)  # VOC's own AP50 (11-point for 2007)
         evaluation = cfg.get("UGS_EVAL")  # evaluation.* of the run (to_detectron2_cfg)
+        if cfg.INPUT.get("ORIENTED_BOXES", False):  # rotated IoU on the records' rbox
+            from ugs_d2.evaluation.oriented import OrientedCOCOEvaluator
+
+            return OrientedCOCOEvaluator(dataset_name, bucket_sets=tuple(evaluation.BUCKETS) if evaluation else (),
+                                         max_dets=evaluation.MAX_DETS if evaluation else 100)
         if evaluation is not None:
             from ugs_d2.evaluation.small_object import SmallObjectCOCOEvaluator
 

@@ -92,6 +92,7 @@ def run_bbox_cocoeval(
     max_dets: Sequence[int],
     backend: str = "pycocotools",
     img_ids: Optional[Sequence[int]] = None,
+    oriented: bool = False,
 ) -> CocoEvalOutput:
     """Run COCOeval (``iouType="bbox"``) with the given area ranges and maxDets.
 
@@ -108,6 +109,9 @@ def run_bbox_cocoeval(
             detections by score per image *and category*.
         backend: one of :data:`BACKENDS`.
         img_ids: evaluate only these images (None: every image of ``gt_dataset``).
+        oriented: ``bbox`` of both sides is XYWHA (cx, cy, w, h, angle): detectron2's
+            ``RotatedCOCOeval`` (pycocotools with rotated IoU; needs the compiled ops, no crowd
+            regions), whatever ``backend`` says.
 
     Returns:
         The accumulated precision and the axes it is indexed by.
@@ -117,10 +121,12 @@ def run_bbox_cocoeval(
         # faster_coco_eval sorts maxDets in place; pycocotools does not: require the order
         raise ValueError(f"max_dets must be strictly increasing, got {max_dets}")
     detections = _copy_detections(detections)
-    if backend in ("pycocotools", "detectron2_fast"):
+    if oriented or backend in ("pycocotools", "detectron2_fast"):
         from pycocotools.coco import COCO
 
-        if backend == "pycocotools":
+        if oriented:
+            from detectron2.evaluation.rotated_coco_evaluation import RotatedCOCOeval as COCOeval
+        elif backend == "pycocotools":
             from pycocotools.cocoeval import COCOeval
         else:  # the same class with evaluate/accumulate in detectron2's C++ ops
             check_backend(backend)

@@ -65,6 +65,8 @@ __all__ = [
     "MAX_DETS_CAP",
     "SmallObjectCOCOEvaluator",
     "average_precision",
+    "class_names_by_category_id",
+    "contiguous_to_dataset_ids",
     "evaluate_detections",
     "max_dets_list",
     "metric_keys",
@@ -219,6 +221,7 @@ def evaluate_detections(
     backend: str = "pycocotools",
     class_names: Optional[Sequence[str]] = None,
     img_ids: Optional[Sequence[int]] = None,
+    oriented: bool = False,
 ) -> Dict[str, float]:
     """Evaluate COCO-format detections against a COCO ground-truth dict (see the module doc).
 
@@ -230,6 +233,8 @@ def evaluate_detections(
         backend: one of :data:`BACKENDS` (``pycocotools``, ``faster_coco_eval``, ``detectron2_fast``).
         class_names: per-class keys ``AP-<name>``, in the ground truth's category-id order.
         img_ids: evaluate only these images.
+        oriented: boxes are XYWHA on both sides, matched by rotated IoU
+            (:func:`~ugs_d2.evaluation.backends.run_bbox_cocoeval`).
 
     Returns:
         ``metric -> value`` in percent, keys as :func:`summarize_precision`.
@@ -244,6 +249,7 @@ def evaluate_detections(
         max_dets_list(max_dets),
         backend=backend,
         img_ids=img_ids,
+        oriented=oriented,
     )
     return summarize_precision(output, buckets, max_dets, class_names)
 
@@ -291,7 +297,7 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
 
     def _eval_predictions(self, predictions, img_ids=None):
         detections = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
-        to_dataset_id = _contiguous_to_dataset_ids(self._dataset_metadata)
+        to_dataset_id = contiguous_to_dataset_ids(self._dataset_metadata)
         for det in detections:
             det["category_id"] = to_dataset_id(det["category_id"])
         if self._results_dir:
@@ -307,7 +313,7 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
             f"Evaluating {len(detections)} detections with {self._backend} "
             f"(maxDets {self._eval_max_dets}, buckets: {buckets_text}) ..."
         )
-        class_names = _class_names_by_category_id(self._dataset_metadata, ground_truth.getCatIds())
+        class_names = class_names_by_category_id(self._dataset_metadata, ground_truth.getCatIds())
         if not detections:  # as detectron2: no prediction -> every metric undefined
             logger.warning("No predictions from the model!")
             compat.set_coco_evaluator_results(self, "bbox", {key: math.nan for key in metric_keys(self._buckets)})
@@ -329,7 +335,7 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
         compat.set_coco_evaluator_results(self, "bbox", results)
 
 
-def _class_names_by_category_id(metadata, category_ids: Sequence[int]) -> Optional[List[str]]:
+def class_names_by_category_id(metadata, category_ids: Sequence[int]) -> Optional[List[str]]:
     """``thing_classes`` reordered to follow the sorted dataset category ids (COCOeval's K axis)."""
     names = metadata.get("thing_classes")
     mapping = metadata.get("thing_dataset_id_to_contiguous_id")
@@ -338,7 +344,7 @@ def _class_names_by_category_id(metadata, category_ids: Sequence[int]) -> Option
     return [names[mapping[c]] for c in sorted(category_ids)]
 
 
-def _contiguous_to_dataset_ids(metadata):
+def contiguous_to_dataset_ids(metadata):
     """The model's contiguous class index -> the dataset's category id (identity when the
     metadata has no mapping, as detectron2's COCOEvaluator)."""
     mapping = metadata.get("thing_dataset_id_to_contiguous_id")
