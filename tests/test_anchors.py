@@ -348,8 +348,8 @@ def test_grid_shapes_are_the_feature_maps_of_the_real_fpn():
     import torch
     from detectron2.modeling import build_backbone
 
-    from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.harness.compose import compose as _compose
 
     cfg = to_detectron2_cfg(_compose(["device=cpu", "model.backbone.fpn_channels=16"]), num_classes=1)
     backbone = build_backbone(cfg).eval()

@@ -14,7 +14,6 @@ from torch import nn
 
 from ugs_d2.cli import gradvar as cli
 from ugs_d2.cli import gradvar as gradvar_cli
-from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.engine.gradvar import (
     ALL_BUCKETS,
@@ -32,6 +31,7 @@ from ugs_d2.engine.gradvar import (
     region_means,
     series_summary,
 )
+from ugs_d2.harness.compose import compose as _compose
 
 
 # --- statistics ----------------------------------------------------------------------------
