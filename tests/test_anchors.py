@@ -437,8 +437,8 @@ def test_cli_ratio_objective_still_selectable_and_grid_table_printed(tmp_path, c
 
 
 def test_bench_anchors_reports_every_set_and_the_timing(tmp_path):
+    from ugs_d2.bench.anchors import skewed_box_coco
     from ugs_d2.cli.bench import run_command_line
-    from ugs_d2.cli.bench_anchors import skewed_box_coco
 
     coco = skewed_box_coco(2000, seed=1)
     wh = np.array([a["bbox"][2:] for a in coco["annotations"]])

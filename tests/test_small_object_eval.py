@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import TINY_RUN, run_ugs_train
 
-from ugs_d2.cli.bench_cocoeval import make_case
+from ugs_d2.bench.cocoeval import make_case
 from ugs_d2.cli.results import collect
 from ugs_d2.cli.validate import validate_command_line
 from ugs_d2.compat import HAS_COMPILED_OPS

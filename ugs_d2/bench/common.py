@@ -1,23 +1,32 @@
-"""What every benchmark shares: its one-line error, the machine description of a report's header,
-ratios and quartiles of the tables, and ``run_and_report`` (time the run, write the report
-atomically, print it)."""
+"""What every benchmark shares: its one-line error, its progress lines, the machine description
+of a report's header, ratios and quartiles of the tables, and ``run_and_report`` (time the run,
+write the report atomically, print it)."""
 import datetime
 import os
 import platform
 import shlex
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ugs_d2.fileio import write_text_atomic
 
-__all__ = ["PROG", "BenchError", "machine_lines", "quartiles", "ratio", "run_and_report"]
+__all__ = ["PROG", "BenchError", "progress_log", "machine_lines", "quartiles", "ratio", "run_and_report"]
 
 PROG = "ugs-bench"
 
 
 class BenchError(ValueError):
     """A benchmark argument or configuration is unusable; the message is one line."""
+
+
+def progress_log(quiet: bool, tag: str = PROG) -> Callable[[str], None]:
+    """``log(message)``: ``[tag] message`` on stderr, flushed (the progress of a long run); nothing
+    when ``quiet``."""
+    if quiet:
+        return lambda message: None
+    return lambda message: print(f"[{tag}] {message}", file=sys.stderr, flush=True)
 
 
 def machine_lines(device: str) -> List[str]:
