@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ugs_d2.bench.common import run_lines
+
 __all__ = ["console_scripts", "Probe", "probe", "time_help", "format_report"]
 
 SETUP_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "setup.cfg")
@@ -109,9 +111,7 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
     lines = [
         "# `--help` latency of every command",
         "",
-        f"- command: `{command}`",
-        f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
-        + " / ".join(f"{x:.2f}" for x in loads),
+        *run_lines(command, started, wall_s, loads),
         f"- {outcome['repeats']} repeats each, interleaved with the baseline `python -c pass`: "
         f"median {base:.3f} s, min {min(outcome['baseline']):.3f} s ({sys.executable})",
         "- ratio: median against the baseline's median; torch: imported by `--help` (an extra run)",

@@ -18,6 +18,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence
 
+from ugs_d2.bench.common import run_lines
+
 __all__ = ["DEFAULT_MODELS", "SMALL_INPUT", "CurveSpec", "OverfitSpec", "classification_loss", "overfit_curve",
            "run_overfit", "format_report", "plot_curves"]
 
@@ -127,9 +129,7 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
     lines = [
         f"# Tiny overfit: classification loss with `ugs=off` and `ugs={against}`",
         "",
-        f"- command: `{command}`",
-        f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
-        + " / ".join(f"{x:.2f}" for x in loads),
+        *run_lines(command, started, wall_s, loads),
         f"- {outcome['iters']} SGD steps (lr {outcome['lr']}, momentum 0.9, 20 warmup steps) on "
         f"{outcome['num_batches']} fixed batch(es) of 2 synthetic 128 px images, same seed; mean of the last "
         f"{tail} steps; overrides: {' '.join(outcome.get('overrides') or []) or '(none)'}",

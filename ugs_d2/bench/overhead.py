@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ugs_d2.bench.common import PROG, BenchError, machine_lines, quartiles, ratio
+from ugs_d2.bench.common import PROG, BenchError, machine_lines, quartiles, ratio, resolve_device
 from ugs_d2.bench.fixed_batches import (
     available_presets,
     build_batches,
@@ -249,7 +249,7 @@ def run_overhead(spec: OverheadSpec, log: Callable[[str], None] = lambda message
 
     spec.check()
     presets = parse_presets(",".join(spec.presets))
-    device = _resolve_device(spec.device)
+    device = resolve_device(spec.device)
     cfgs, d2_cfgs = _compose_presets(presets, spec.overrides, device)
     base_cfg, base_d2 = cfgs["off"], d2_cfgs["off"]
     seed = int(base_cfg.seed)
@@ -291,21 +291,6 @@ def run_overhead(spec: OverheadSpec, log: Callable[[str], None] = lambda message
         "train_image_sizes": sorted({tuple(x["image"].shape[-2:]) for b in train_batches for x in b}),
     }
     return {"results": [s.result for s in states], "setup": setup}
-
-
-def _resolve_device(device: str) -> str:
-    """auto -> cuda or cpu; a ``BenchError`` for cuda without a GPU."""
-    import torch
-
-    from ugs_d2.config import ConfigError, resolve_device
-
-    try:
-        device = resolve_device(device)
-    except ConfigError as e:
-        raise BenchError(str(e)) from None
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda: no GPU is visible")
-    return device
 
 
 def _compose_presets(presets: Sequence[str], overrides: Sequence[str], device: str):

@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence
 
-from ugs_d2.bench.common import BenchError
+from ugs_d2.bench.common import BenchError, resolve_device, run_lines
 
 __all__ = ["DEFAULT_OVERRIDES", "UrSpec", "run_ur_table", "format_report"]
 
@@ -82,13 +82,9 @@ def _measure(model, batches, seed: int) -> Dict[str, float]:
 def run_ur_table(spec: UrSpec, log: Callable[[str], None]) -> Dict:
     """Train ``ugs=full`` for ``spec.train_steps`` on fixed batches, then measure every norm x rho."""
     from ugs_d2.bench.fixed_batches import build_preset_on_fixed_batches
-    from ugs_d2.config import ConfigError, resolve_device
 
     spec.check()
-    try:
-        device = resolve_device(spec.device)
-    except ConfigError as e:
-        raise BenchError(str(e)) from None
+    device = resolve_device(spec.device)
     model, train_batches, cfg = build_preset_on_fixed_batches(
         spec.overrides, "full", device, spec.batch_size, spec.num_batches, "ugs-bench-ur-", log
     )
@@ -129,9 +125,7 @@ def format_report(outcome: Dict, command: str, started: str, wall_s: float, load
     lines = [
         "# UR: perturbation size and effect per `ugs.ur_norm` and rho",
         "",
-        f"- command: `{command}`",
-        f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
-        + " / ".join(f"{x:.2f}" for x in loads),
+        *run_lines(command, started, wall_s, loads),
         f"- model: {s['meta']} (ugs=full), input {list(s['size'])} px, device {s['device']}; trained "
         f"{s['train_steps']} SGD steps (lr {s['lr']}) on {s['num_batches']} fixed batches of "
         f"{s['batch_size']} images, then measured on the same batches (same seed per forward)",

@@ -4,7 +4,8 @@ Hydra's own messages for a mistyped key are several lines without suggestions, a
 value type would only surface inside the job (on a cluster: after queueing). Here the command
 line is composed with Hydra's compose API and converted with ``to_detectron2_cfg`` first, so
 ``schedule.max_iterr=10`` fails at once with ``did you mean schedule.max_iter?``. Sweeps
-(``a=1,2``) are checked value by value.
+(``a=1,2``) are checked value by value. The composition and the hint are
+:mod:`ugs_d2.harness.compose`'s (the benchmarks compose presets with them too).
 """
 import os
 from typing import Iterable, List, Optional
