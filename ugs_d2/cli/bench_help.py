@@ -10,6 +10,7 @@ __all__ = ["add_parser", "run_command_line"]
 
 
 def add_parser(sub) -> None:
+    """Register ``help`` on ``ugs-bench``'s subcommands."""
     p = sub.add_parser(
         "help",
         help="--help wall time of every console script, against python -c pass",

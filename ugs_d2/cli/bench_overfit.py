@@ -10,6 +10,7 @@ __all__ = ["add_parser", "run_command_line"]
 
 
 def add_parser(sub) -> None:
+    """Register ``overfit`` on ``ugs-bench``'s subcommands."""
     p = sub.add_parser(
         "overfit",
         help="tiny overfit curves per detector: classification loss with ugs=off vs ugs=full",

@@ -14,6 +14,7 @@ def _floats(text: str) -> List[float]:
 
 
 def add_parser(sub) -> None:
+    """Register ``ur`` on ``ugs-bench``'s subcommands."""
     p = sub.add_parser(
         "ur",
         help="UR's perturbation size and its effect on the losses, per ur_norm and rho",
