@@ -62,13 +62,17 @@ def run_command_line(args: argparse.Namespace, argv: Sequence[str], invoked_as: 
     """``ugs-bench cocoeval`` for parsed ``args``: a bad argument exits with one line, and so do
     backends that disagree (after the report is written)."""
     log = progress_log(args.quiet)
-
-    def run() -> Dict[str, Any]:
+    try:  # before the clock starts: the report's wall time is the case and its evaluation
         spec = cocoeval.CocoevalSpec(
             images=args.images, dets=args.dets, seed=args.seed, classes=args.classes,
             gt_per_image=_gt_range(args.gt_per_image), max_dets=args.max_dets,
             buckets=[b for b in args.buckets.split(",") if b], repeats=args.repeats,
         )
+        spec.check()
+    except BenchError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+
+    def run() -> Dict[str, Any]:
         try:
             return cocoeval.run_cocoeval(spec, progress=not args.quiet, log=log)
         except ValueError as e:  # e.g. a backend that cannot run here (evaluation.backends)
