@@ -350,8 +350,8 @@ def test_grid_shapes_are_the_feature_maps_of_the_real_fpn():
     import torch
     from detectron2.modeling import build_backbone
 
-    from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.harness.compose import compose as _compose
 
     cfg = to_detectron2_cfg(_compose(["device=cpu", "model.backbone.fpn_channels=16"]), num_classes=1)
     backbone = build_backbone(cfg).eval()
@@ -439,8 +439,8 @@ def test_cli_ratio_objective_still_selectable_and_grid_table_printed(tmp_path, c
 
 
 def test_bench_anchors_reports_every_set_and_the_timing(tmp_path):
+    from ugs_d2.bench.anchors import skewed_box_coco
     from ugs_d2.cli.bench import run_command_line
-    from ugs_d2.cli.bench_anchors import skewed_box_coco
 
     coco = skewed_box_coco(2000, seed=1)
     wh = np.array([a["bbox"][2:] for a in coco["annotations"]])

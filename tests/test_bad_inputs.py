@@ -358,8 +358,8 @@ def test_steps_and_warmup_past_max_iter_are_a_warning_line(caplog):
     the run says that the learning rate is then never decayed (detectron2 drops them quietly)."""
     import logging
 
-    from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
+    from ugs_d2.harness.compose import compose as _compose
 
     cfg = _compose(["schedule.max_iter=20", "device=cpu"])  # cpu_default: steps [500, 640], warm-up 100
     with caplog.at_level(logging.WARNING, logger="ugs_d2"):

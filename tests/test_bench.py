@@ -92,7 +92,8 @@ def test_help_names_the_command_and_its_options(capsys):
 
 def test_cpu_peak_of_a_known_step():
     """The profiler-based peak of a 2-layer MLP step, against what its tensors must occupy."""
-    from ugs_d2.cli.bench import _tensor_bytes, profile_cpu_step_peak
+    from ugs_d2.bench.memory import profile_cpu_step_peak
+    from ugs_d2.bench.memory import tensor_bytes as _tensor_bytes
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(500, 500), torch.nn.ReLU(), torch.nn.Linear(500, 500))

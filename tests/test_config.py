@@ -1,8 +1,9 @@
 """The Hydra -> detectron2 bridge and the command-line checks of ugs-train."""
 import pytest
 
-from ugs_d2.cli.validate import CommandLineError, _compose, validate_command_line
+from ugs_d2.cli.validate import CommandLineError, validate_command_line
 from ugs_d2.config import ConfigError, to_detectron2_cfg
+from ugs_d2.harness.compose import compose as _compose
 
 
 def test_defaults_compose_and_convert():

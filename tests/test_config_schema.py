@@ -7,8 +7,9 @@ import types
 import pytest
 from omegaconf import OmegaConf
 
-from ugs_d2.cli.validate import CommandLineError, _compose, d2_overrides_as_hydra, validate_command_line
+from ugs_d2.cli.validate import CommandLineError, d2_overrides_as_hydra, validate_command_line
 from ugs_d2.config import BRIDGE, RCNN_BRIDGE, ConfigError, to_detectron2_cfg
+from ugs_d2.harness.compose import compose as _compose
 from ugs_d2.projects import Project, get_project, register_project
 from ugs_d2.schema import TrainSchema, check_ranges, typed_config
 

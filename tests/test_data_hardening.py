@@ -13,7 +13,7 @@ from ugs_d2.data.datasets import read_image, register_dataset
 
 
 def _compose(*overrides):
-    from ugs_d2.cli.validate import _compose as compose
+    from ugs_d2.harness.compose import compose
 
     return compose(list(overrides))
 

@@ -13,7 +13,6 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from ugs_d2.analysis import gradvar as gradvar_analysis
-from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.engine.gradvar import (
     ALL_BUCKETS,
@@ -31,6 +30,7 @@ from ugs_d2.engine.gradvar import (
     region_means,
     series_summary,
 )
+from ugs_d2.harness.compose import compose as _compose
 
 
 # --- statistics ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ugs_d2.cli.bench_help import console_scripts, probe
+from ugs_d2.bench.help_latency import console_scripts, probe
 
 COMMANDS = console_scripts()
 

@@ -249,9 +249,6 @@ def test_imports_point_down_the_layers(graph):
     assert not upward, "imports against the dependency direction:\n" + "\n".join(upward)
 
 
-# cli/bench.py dispatches to cli/bench_*.py, which import its helpers: the bench/ package split
-# of issue 16 removes the cycle (strict: this fails once it lands, so the mark goes)
-@pytest.mark.xfail(strict=True, reason="cli.bench <-> cli.bench_* until the bench/ split of issue 16")
 def test_no_import_cycles(graph):
     cycles = find_cycles(graph)
     assert not cycles, "import cycles in ugs_d2 (break each by moving the shared code down):\n" + "\n".join(

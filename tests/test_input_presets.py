@@ -9,11 +9,11 @@ from conftest import TINY_RUN
 from detectron2.data import DatasetMapper
 from PIL import Image
 
-from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.data.augment import RandomRotationWithBoxes, SmallObjectSafeCrop
 from ugs_d2.data.datasets import load_coco_detection
 from ugs_d2.data.mapper import AugmentingDatasetMapper, needs_augmenting_mapper
+from ugs_d2.harness.compose import compose as _compose
 
 # preset -> (MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TEST, MAX_SIZE_TEST, RESIZE) with the default model
 EXPECTED = {

@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from ugs_d2.cli.bench_overfit import overfit_curve
+from ugs_d2.bench.overfit import overfit_curve
 
 ITERS, TAIL = 100, 20
 #: full UGS's final classification loss may exceed the baseline's by at most this factor + 0.01

@@ -5,7 +5,7 @@ import os
 import yaml
 from conftest import TINY_RUN, run_ugs_train
 
-from ugs_d2.cli.bench import available_presets
+from ugs_d2.bench.fixed_batches import available_presets
 
 PRESETS = available_presets()  # every configs/ugs file, Table 6's order first
 

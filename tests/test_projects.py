@@ -10,8 +10,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ugs_d2.bins import in_grid
-from ugs_d2.cli.validate import _compose
 from ugs_d2.config import ConfigError, load_project, to_detectron2_cfg
+from ugs_d2.harness.compose import compose as _compose
 
 NUM_CLASSES = 3
 DETECTORS = ["retinanet_r18_fpn", "fcos_r18_fpn", "gfl_r18_fpn", "cascade_r18_fpn"]

@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY_RUN, run_ugs_train
 
 from ugs_d2.analysis.results import collect
-from ugs_d2.cli.bench_cocoeval import make_case
-from ugs_d2.cli.validate import _compose, validate_command_line
+from ugs_d2.bench.cocoeval import make_case
+from ugs_d2.cli.validate import validate_command_line
 from ugs_d2.compat import HAS_COMPILED_OPS
 from ugs_d2.config import ConfigError, to_detectron2_cfg
 from ugs_d2.evaluation.backends import BACKENDS, run_bbox_cocoeval
@@ -26,6 +26,7 @@ from ugs_d2.evaluation.small_object import (
     max_dets_list,
     select_buckets,
 )
+from ugs_d2.harness.compose import compose as _compose
 
 ALL_SETS = list(BUCKET_SETS)
 NO_COMPILED_OPS = "detectron2_fast needs detectron2's C++ ops; this is the registry fallback (make test-upstream)"

@@ -86,9 +86,9 @@ def test_one_training_step_runs(tiny_dataset):
     from detectron2.modeling import build_model
     from omegaconf import OmegaConf
 
-    from ugs_d2.cli.validate import _compose
     from ugs_d2.config import to_detectron2_cfg
     from ugs_d2.data.datasets import register_dataset
+    from ugs_d2.harness.compose import compose as _compose
 
     cfg = _compose(TINY_RUN + [f"dataset.root={tiny_dataset}"])
     register_dataset(cfg.dataset)

@@ -150,7 +150,7 @@ def test_rerun_needs_force(tmp_path):
 
 
 def _visdrone_cfg(*overrides):
-    from ugs_d2.cli.validate import _compose
+    from ugs_d2.harness.compose import compose as _compose
 
     return _compose(["dataset=visdrone", *overrides])
 

@@ -39,8 +39,8 @@ for name, anchors in [("detectron2 FPN defaults (32..512)", A.cell_anchor_wh(*d2
 
 from detectron2.modeling import build_model  # noqa: E402 (a script: the second table's imports)
 
-from ugs_d2.cli.validate import _compose  # noqa: E402
 from ugs_d2.config import to_detectron2_cfg  # noqa: E402
+from ugs_d2.harness.compose import compose as _compose  # noqa: E402
 
 d2cfg = to_detectron2_cfg(_compose(["+anchors=synth256", "device=cpu"]), num_classes=6)
 print("SIZES", d2cfg.MODEL.ANCHOR_GENERATOR.SIZES)

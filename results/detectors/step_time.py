@@ -2,7 +2,7 @@
 
 Sizes the embedded benchmark: for each (model preset, ugs preset) the median and minimum wall
 time of one SGD step (forward + backward + step, as ``ugs-bench overhead`` measures it, whose
-``_Preset`` this reuses) on the same fixed batches, with the configurations interleaved round by
+``PresetRun`` this reuses) on the same fixed batches, with the configurations interleaved round by
 round so that load from other processes spreads over all of them. Ratios are against
 ``tiny_r18_fpn`` / ``off`` measured in the same run.
 
@@ -36,7 +36,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from ugs_d2.cli.bench import _build_batches, _compose_preset, _load_dataset_dicts, _Preset
+    from ugs_d2.bench.fixed_batches import build_batches, compose_preset, load_dataset_dicts
+    from ugs_d2.bench.overhead import PresetRun
     from ugs_d2.compat import describe_detectron2
     from ugs_d2.config import to_detectron2_cfg
     from ugs_d2.fileio import write_text_atomic
@@ -44,17 +45,17 @@ def main(argv=None) -> None:
     start, load_start = time.time(), os.getloadavg()[0]
     overrides = [f"dataset.root={args.dataset_root}"]
     log = lambda m: print(f"[step_time] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    cfgs = {(m, p): _compose_preset(overrides + [f"model={m}"], p, "cpu") for m in MODELS for p in PRESETS}
+    cfgs = {(m, p): compose_preset(overrides + [f"model={m}"], p, "cpu") for m in MODELS for p in PRESETS}
     base = cfgs[(MODELS[0], "off")]
-    dicts, num_classes = _load_dataset_dicts(base, overrides, args.batch_size * 2, "/tmp", log)
+    dicts, num_classes = load_dataset_dicts(base, overrides, args.batch_size * 2, "/tmp", log)
     d2 = {k: to_detectron2_cfg(c, num_classes=num_classes) for k, c in cfgs.items()}
-    train_batches, _ = _build_batches(d2[(MODELS[0], "off")], dicts, args.batch_size, int(base.seed))
+    train_batches, _ = build_batches(d2[(MODELS[0], "off")], dicts, args.batch_size, int(base.seed))
     lr = d2[(MODELS[0], "off")].SOLVER.BASE_LR * d2[(MODELS[0], "off")].SOLVER.WARMUP_FACTOR
 
     states = {}
     for key in cfgs:
         log(f"{key}: building {d2[key].MODEL.META_ARCHITECTURE}, {args.warmup} warmup step(s)")
-        states[key] = _Preset(f"{key[0]}/{key[1]}", d2[key], int(base.seed), lr)
+        states[key] = PresetRun(f"{key[0]}/{key[1]}", d2[key], int(base.seed), lr)
         for k in range(args.warmup):
             states[key].train_step(train_batches[k % len(train_batches)])
     times = {key: [] for key in states}

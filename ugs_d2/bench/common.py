@@ -1,23 +1,61 @@
-"""What every benchmark shares: its one-line error, the machine description of a report's header,
-ratios and quartiles of the tables, and ``run_and_report`` (time the run, write the report
-atomically, print it)."""
+"""What every benchmark shares: its one-line error, its progress lines, the machine description
+of a report's header, ratios and quartiles of the tables, and ``run_and_report`` (time the run,
+write the report atomically, print it)."""
 import datetime
 import os
 import platform
 import shlex
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ugs_d2.fileio import write_text_atomic
 
-__all__ = ["PROG", "BenchError", "machine_lines", "quartiles", "ratio", "run_and_report"]
+__all__ = [
+    "PROG", "BenchError", "progress_log", "resolve_device", "run_lines", "machine_lines", "quartiles", "ratio",
+    "run_and_report",
+]
 
 PROG = "ugs-bench"
 
 
 class BenchError(ValueError):
     """A benchmark argument or configuration is unusable; the message is one line."""
+
+
+def progress_log(quiet: bool, tag: str = PROG) -> Callable[[str], None]:
+    """``log(message)``: ``[tag] message`` on stderr, flushed (the progress of a long run); nothing
+    when ``quiet``."""
+    if quiet:
+        return lambda message: None
+    return lambda message: print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` / ``cpu`` / ``cuda`` -> ``cpu`` or ``cuda`` (``ugs_d2.config.resolve_device``); a
+    ``BenchError`` for an unknown one or for cuda without a GPU."""
+    import torch
+
+    from ugs_d2.config import ConfigError
+    from ugs_d2.config import resolve_device as resolve
+
+    try:
+        device = resolve(device)
+    except ConfigError as e:
+        raise BenchError(str(e)) from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: no GPU is visible")
+    return device
+
+
+def run_lines(command: str, started: str, wall_s: float, loads: Sequence[float]) -> List[str]:
+    """A report header's ``- command`` and ``- date`` lines (wall time, load averages at start / end)."""
+    return [
+        f"- command: `{command}`",
+        f"- date: {started} (wall time {wall_s:.0f} s); load average at start / end: "
+        + " / ".join(f"{x:.2f}" for x in loads),
+    ]
 
 
 def machine_lines(device: str) -> List[str]:

@@ -4,42 +4,22 @@ Hydra's own messages for a mistyped key are several lines without suggestions, a
 value type would only surface inside the job (on a cluster: after queueing). Here the command
 line is composed with Hydra's compose API and converted with ``to_detectron2_cfg`` first, so
 ``schedule.max_iterr=10`` fails at once with ``did you mean schedule.max_iter?``. Sweeps
-(``a=1,2``) are checked value by value.
+(``a=1,2``) are checked value by value. The composition and the hint are
+:mod:`ugs_d2.harness.compose`'s (the benchmarks compose presets with them too).
 """
-import difflib
-import importlib.util
 import os
 from typing import Iterable, List, Optional
 
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig
 
 from ugs_d2.compat import hydra_args_parser
 from ugs_d2.fileio import output_problem
+from ugs_d2.harness.compose import CONFIG_DIR, CONFIG_PATH, compose, unknown_key_message
 
 __all__ = ["CONFIG_DIR", "CONFIG_PATH", "CommandLineError", "validate_command_line", "d2_overrides_as_hydra"]
-
-
-def _find_configs():
-    """``(directory, Hydra config_path)`` of the ``configs/`` tree.
-
-    Installed (a wheel, ``pip install .``, or an editable install made after setup.py mapped
-    it), ``configs/`` is the package ``ugs_d2.configs``, found by import from any directory and
-    given to Hydra as ``pkg://ugs_d2.configs``. Only a source checkout that is not installed
-    (``PYTHONPATH=<checkout>``) falls back to the checkout's top-level ``configs/``.
-    """
-    spec = importlib.util.find_spec("ugs_d2.configs")
-    if spec is not None and spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0], "pkg://ugs_d2.configs"
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
-    return checkout, checkout
-
-
-#: the configs/ directory (for listings and Hydra's compose API) and Hydra's config_path for it
-CONFIG_DIR, CONFIG_PATH = _find_configs()
 
 
 class CommandLineError(ValueError):
@@ -50,50 +30,6 @@ def d2_overrides_as_hydra(argv: List[str]) -> List[str]:
     """``d2.KEY=VALUE`` -> ``++d2.KEY=VALUE``: Hydra adds a key to the (empty) ``d2`` node only
     with a ``+``/``++`` prefix; ``++`` also replaces one that a preset set. Other arguments as they are."""
     return ["++" + a if a.startswith("d2.") and "=" in a else a for a in argv]
-
-
-def _leaf_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
-    keys = []
-    for key, value in cfg.items_ex(resolve=False):
-        full = f"{prefix}{key}"
-        keys.append(full)
-        if isinstance(value, DictConfig):
-            keys.extend(_leaf_keys(value, full + "."))
-    return keys
-
-
-def _config_groups() -> List[str]:
-    return sorted(
-        os.path.relpath(root, CONFIG_DIR)
-        for root, dirs, files in os.walk(CONFIG_DIR)
-        if root != CONFIG_DIR and any(f.endswith(".yaml") for f in files)
-    )
-
-
-def _compose(overrides: Iterable[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def _unknown_key_message(overrides: List[Override], error: Exception) -> str:
-    """Find the plain override whose key the composed config lacks and suggest close keys."""
-    groups = set(_config_groups())
-    group_overrides = [o.input_line for o in overrides if o.key_or_group in groups]
-    try:
-        base = _compose(group_overrides)
-    except Exception as e:  # a group option itself is wrong: Hydra's message lists the options
-        return str(e).strip().splitlines()[0]
-    known = _leaf_keys(base)
-    for override in overrides:
-        key = override.key_or_group
-        if key in groups or key.startswith("hydra") or override.type == OverrideType.ADD:
-            continue
-        if OmegaConf.select(base, key, default=KeyError) is KeyError:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            return f"unknown override key '{key}'{hint} (use +{key}=... to add a new key)"
-    return str(error).strip().splitlines()[0]
 
 
 def _check_writable(overrides: List[Override]) -> None:
@@ -145,9 +81,9 @@ def validate_command_line(argv: List[str]) -> Optional[DictConfig]:
     first = None
     for combination in _combinations(job_overrides):
         try:
-            cfg = _compose(combination)
+            cfg = compose(combination)
         except Exception as e:
-            raise CommandLineError(_unknown_key_message(job_overrides, e)) from None
+            raise CommandLineError(unknown_key_message(job_overrides, e)) from None
         to_detectron2_cfg(cfg)
         first = cfg if first is None else first
     GlobalHydra.instance().clear()
