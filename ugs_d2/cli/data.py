@@ -31,7 +31,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     check_output_dir(args.out)
     try:
-        config = synth.SynthConfig(image_size=args.image_size)
+        config = synth.SynthConfig(image_size=args.image_size, oriented=args.oriented)
         paths = synth.generate(args.out, args.train, args.val, args.seed, config, overwrite=args.force)
     except FileExistsError as e:
         raise SystemExit(f"ugs-data: {e} (use --force to overwrite)") from None
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--val", type=non_negative_int, default=200, help="validation images (default 200)")
     synth.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     synth.add_argument("--image-size", type=positive_int, default=256, help="image side in px (default 256)")
+    synth.add_argument("--oriented", action="store_true",
+                       help="oriented objects: shapes turned by U(-90, 90) degrees, and rbox (XYWHA) per object")
     synth.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
     synth.set_defaults(func=_synth)
 

@@ -409,7 +409,7 @@ def _generate_synthetic(root: str, generate) -> None:
         num_train=int(generate.train),
         num_val=int(generate.val),
         seed=int(generate.seed),
-        config=synth.SynthConfig(image_size=int(generate.image_size)),
+        config=synth.SynthConfig(image_size=int(generate.image_size), oriented=bool(generate.get("oriented", False))),
     )
 
 

@@ -21,8 +21,8 @@ from ugs_d2.modeling import add_ugs_config, apply_ugs_architecture
 from ugs_d2.projects import Project, register_project
 from ugs_d2.schema import lists_of_numbers
 
-__all__ = ["add_ugs_rotated_config", "apply_rotated_architecture", "check_rotated_ops", "RotatedSchema",
-           "PROJECT", "MISSING_OPS"]
+__all__ = ["add_ugs_rotated_config", "apply_rotated_architecture", "check_oriented_input", "check_rotated_ops",
+           "RotatedSchema", "PROJECT", "MISSING_OPS"]
 
 #: the default range of the angle delta's grid: 45 degrees in radians (the angle weight is 1), the
 #: largest difference to the nearest of anchor angles 90 degrees apart
@@ -60,6 +60,24 @@ def check_rotated_ops() -> None:
         raise ValueError(MISSING_OPS)
 
 
+def check_oriented_input(cfg: CN) -> None:
+    """Refuse what the oriented data pipeline cannot do yet (``ValueError`` naming the key):
+    detectron2 transforms rotated boxes through resize and horizontal flip only, and tiled
+    training and inference cut and merge axis-aligned boxes."""
+    from ugs_d2.data.mapper import needs_augmenting_mapper
+
+    if cfg.INPUT.RANDOM_FLIP == "vertical":
+        raise ValueError("INPUT.RANDOM_FLIP vertical: detectron2 has no vertical flip of rotated boxes "
+                         "(use horizontal)")
+    if needs_augmenting_mapper(cfg):
+        raise ValueError("augment.* (mosaic, crop, rotation) and input=native are not supported with "
+                         "oriented boxes yet")
+    tiling = cfg.get("TILING")
+    if tiling is not None and (tiling.TRAIN.ENABLED or tiling.TEST.ENABLED):
+        raise ValueError("tiling.train / tiling.test are not supported with oriented boxes yet (tile the "
+                         "images beforehand)")
+
+
 def apply_rotated_architecture(cfg: CN) -> CN:
     """The core class selection mapped to detectron2's rotated classes (RRPN / UGSRRPN,
     RROIHeads / UGSRROIHeads), the rotated anchor generator and ROIAlignRotated;
@@ -69,6 +87,7 @@ def apply_rotated_architecture(cfg: CN) -> CN:
         ValueError: naming the key, for settings a rotated detector cannot run.
     """
     check_rotated_ops()
+    check_oriented_input(cfg)
     for stage in ("RPN", "ROI"):
         if not cfg.MODEL.UGS[stage].ANGLE_RANGE > 0:
             raise ValueError(f"MODEL.UGS.{stage}.ANGLE_RANGE must be > 0, got {cfg.MODEL.UGS[stage].ANGLE_RANGE!r}")
@@ -106,6 +125,7 @@ _RENAMES = [
     ("MODEL.UGS.ROI.ANGLE_RANGE", "model.rotated.roi_angle_range"),
     ("MODEL.RPN.BBOX_REG_WEIGHTS", "model.rotated.rpn_bbox_reg_weights"),
     ("MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", "model.rotated.roi_bbox_reg_weights"),
+    ("INPUT.RANDOM_FLIP", "model.input.random_flip"),
 ]
 
 

@@ -10,10 +10,10 @@ bins, another range: :class:`ugs_d2.modeling.stage.BinLocalization`'s angle grid
 The classes are the axis-aligned UGS ones stacked on detectron2's rotated ones, each overriding
 only what differs: the localization (with the angle grid) and, for the RPN, the rotated NMS.
 """
-from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RRPN
-from detectron2.modeling.proposal_generator.rrpn import find_top_rrpn_proposals
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, RROIHeads
-from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutputLayers
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator.rrpn import RRPN, find_top_rrpn_proposals
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutputLayers, RROIHeads
 
 from ugs_d2.bins import in_grid
 from ugs_d2.modeling import UGSRPN, UGSFastRCNNOutputLayers, UGSROIHeads
