@@ -9,6 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ugs_d2 import compat
 from ugs_d2.bins import in_grid
 from ugs_d2.config import ConfigError, load_project, to_detectron2_cfg
 from ugs_d2.harness.compose import compose as _compose
@@ -346,6 +347,8 @@ def test_every_detector_trains_and_evaluates_with_ugs_full(tiny_dataset, tmp_pat
         ("UGS_FCOS", "ugs_fcos_R_18_FPN.yaml", "add_ugs_fcos_config", "apply_fcos_architecture", "UGSFCOS"),
         ("UGS_GFL", "ugs_gfl_R_18_FPN.yaml", "add_ugs_gfl_config", "apply_gfl_architecture", "UGSGFL"),
         ("UGS_Cascade", "ugs_cascade_R_18_FPN.yaml", "add_ugs_cascade_config", "apply_cascade_architecture", "UGSCascadeRCNN"),
+        pytest.param("UGS_Rotated", "ugs_rotated_R_18_FPN.yaml", "add_ugs_rotated_config", "apply_rotated_architecture",
+                     "UGSRCNN", marks=pytest.mark.skipif(not compat.HAS_COMPILED_OPS, reason="rotated ops are compiled")),
     ],
 )
 def test_project_yaml_builds_with_plain_detectron2(project, yaml, add, apply, meta):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MATCH_METRICS", "box_iou", "box_ios", "pairwise_overlap", "overlap_with", "clip_boxes",
-    "convex_hull", "polygon_to_rotated_box",
+    "convex_hull", "polygon_to_rotated_box", "rotated_box_corners", "clip_polygon", "polygon_area",
 ]
 
 MATCH_METRICS = ("iou", "ios")
@@ -193,3 +193,48 @@ def polygon_to_rotated_box(polygon: ArrayLike) -> tuple:
         if best is None or key < best[0]:
             best = (key, (float(centre[0]), float(centre[1]), w, h, angle))
     return best[1]
+
+
+def rotated_box_corners(rbox: ArrayLike) -> np.ndarray:
+    """``[cx, cy, w, h, angle]`` (XYWHA) -> (4, 2) corners, counter-clockwise on screen
+    (detectron2's Visualizer order: the inverse of :func:`polygon_to_rotated_box`)."""
+    cx, cy, w, h, angle = (float(v) for v in rbox)
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    half = np.array([[-w, h], [-w, -h], [w, -h], [w, h]]) / 2  # (x, y) in the box's own axes
+    return np.stack([cx + c * half[:, 0] + s * half[:, 1], cy - s * half[:, 0] + c * half[:, 1]], axis=1)
+
+
+def clip_polygon(points: ArrayLike, window: ArrayLike) -> np.ndarray:
+    """A convex polygon (K, 2) clipped to the rectangle ``window`` = ``(x0, y0, x1, y1)``
+    (Sutherland-Hodgman, one window side at a time); (0, 2) when they do not overlap."""
+    x0, y0, x1, y1 = (float(v) for v in window)
+    polygon = [tuple(p) for p in np.asarray(points, dtype=np.float64).reshape(-1, 2)]
+    # each side: (is a point inside?, where the segment a-b crosses the side)
+    sides = (
+        (lambda p: p[0] >= x0, lambda a, b: (x0, a[1] + (b[1] - a[1]) * (x0 - a[0]) / (b[0] - a[0]))),
+        (lambda p: p[0] <= x1, lambda a, b: (x1, a[1] + (b[1] - a[1]) * (x1 - a[0]) / (b[0] - a[0]))),
+        (lambda p: p[1] >= y0, lambda a, b: (a[0] + (b[0] - a[0]) * (y0 - a[1]) / (b[1] - a[1]), y0)),
+        (lambda p: p[1] <= y1, lambda a, b: (a[0] + (b[0] - a[0]) * (y1 - a[1]) / (b[1] - a[1]), y1)),
+    )
+    for inside, cross in sides:
+        clipped = []
+        for a, b in zip(polygon, polygon[1:] + polygon[:1]):
+            if inside(b):
+                if not inside(a):
+                    clipped.append(cross(a, b))
+                clipped.append(b)
+            elif inside(a):
+                clipped.append(cross(a, b))
+        polygon = clipped
+        if not polygon:
+            break
+    return np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+
+
+def polygon_area(points: ArrayLike) -> float:
+    """Area of a simple polygon (K, 2) (shoelace formula); 0 for fewer than 3 points."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(p) < 3:
+        return 0.0
+    x, y = p[:, 0], p[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)

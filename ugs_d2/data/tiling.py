@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ugs_d2.boxes import clip_polygon, polygon_area, polygon_to_rotated_box, rotated_box_corners
 from ugs_d2.data.coco_json import DatasetError, read_coco_json
 from ugs_d2.fileio import write_atomic, write_json_atomic
 
@@ -44,6 +45,7 @@ __all__ = [
     "validate_tiling",
     "tile_windows",
     "clip_boxes_to_window",
+    "oriented_in_window",
     "tile_coco_dataset",
     "cached_tiled_split",
     "format_counts",
@@ -254,24 +256,54 @@ def _usable_boxes(anns: Sequence[Tuple[int, dict]], counts: Counter) -> Tuple[np
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore, kept
 
 
+def oriented_in_window(rbox: Sequence[float], window: Window) -> Tuple[float, np.ndarray, List[float]]:
+    """An oriented box (XYWHA) cut by a tile: its polygon clipped to the window.
+
+    Returns:
+        ``(fraction, xyxy, rbox)``: the share of its area inside, the enclosing box of the
+        clipped polygon and that polygon's minimum-area rectangle, both in window coordinates
+        (fraction 0 and empty boxes when they do not overlap).
+    """
+    corners = rotated_box_corners(rbox)
+    area = float(rbox[2]) * float(rbox[3])
+    inside = clip_polygon(corners, window)
+    fraction = polygon_area(inside) / area if area > 0 and len(inside) >= 3 else 0.0
+    if fraction <= 0:
+        return 0.0, np.zeros(4), []
+    shifted = inside - np.asarray(window[:2], dtype=np.float64)
+    xyxy = np.concatenate([shifted.min(axis=0), shifted.max(axis=0)])
+    return fraction, xyxy, list(polygon_to_rotated_box(shifted))
+
+
 def _boxes_in_window(
-    boxes: np.ndarray, ignore: np.ndarray, window: Window, min_area_ratio: float
-) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]], int]:
+    boxes: np.ndarray, ignore: np.ndarray, window: Window, min_area_ratio: float,
+    rboxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
+) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray, Optional[List[float]]]], int]:
     """What a tile holds: boxes keeping ``min_area_ratio`` of their area, ignore regions any of it.
+
+    An annotation with an oriented box (``rboxes[i]`` not None) is cut as a polygon
+    (:func:`oriented_in_window`): kept by the share of the *oriented* box inside, its tile
+    ``bbox`` the enclosing box of what is inside, its ``rbox`` the clipped polygon's rectangle.
 
     Returns:
         ``(regular_kept, rows, partial_dropped)``: the indices of the regular (non-ignore)
-        boxes kept, ``(index, clipped xyxy in window coordinates)`` of every annotation the tile
-        gets (regular boxes first, then ignore regions), and how many regular boxes touch the
-        window but hold less than ``min_area_ratio`` of their area in it.
+        boxes kept, ``(index, clipped xyxy in window coordinates, rbox or None)`` of every
+        annotation the tile gets (regular boxes first, then ignore regions), and how many
+        regular boxes touch the window but hold less than ``min_area_ratio`` of their area in it.
     """
     kept, clipped = clip_boxes_to_window(boxes, window, min_area_ratio)
     # every box that overlaps the window at all (ignore regions keep any overlap)
     touching, clipped_touching = clip_boxes_to_window(boxes, window, 1e-12)
-    regular_kept = kept[~ignore[kept]]
+    rows = [(i, b, None) for i, b in zip(kept, clipped) if not ignore[i] and not (rboxes and rboxes[i])]
+    for i in touching:
+        if not ignore[i] and rboxes and rboxes[i]:
+            fraction, xyxy, rbox = oriented_in_window(rboxes[i], window)
+            if fraction > 0 and fraction >= min_area_ratio:
+                rows.append((i, xyxy, rbox))
+    rows.sort(key=lambda row: row[0])
+    regular_kept = np.asarray([i for i, _, _ in rows], dtype=np.int64)
     partial_dropped = int(len(np.setdiff1d(touching[~ignore[touching]], regular_kept)))
-    rows = [(i, b) for i, b in zip(kept, clipped) if not ignore[i]]
-    rows += [(i, b) for i, b in zip(touching, clipped_touching) if ignore[i]]
+    rows += [(i, b, None) for i, b in zip(touching, clipped_touching) if ignore[i]]
     return regular_kept, rows, partial_dropped
 
 
@@ -289,10 +321,12 @@ def _tile_record(tile_id: int, tile_name: str, source: dict, window: Window) -> 
     }
 
 
-def _tile_annotation(source: dict, box: np.ndarray, ann_id: int, tile_id: int) -> dict:
+def _tile_annotation(source: dict, box: np.ndarray, ann_id: int, tile_id: int,
+                     rbox: Optional[List[float]] = None) -> dict:
     """A source annotation moved into a tile: the clipped box (window coordinates, XYWH
-    rounded to 4 decimals), its area, and ``source_annotation_id``; the segmentation is dropped."""
-    ann = {k: v for k, v in source.items() if k not in ("segmentation", "area", "bbox", "id", "image_id")}
+    rounded to 4 decimals), its area, and ``source_annotation_id``; the segmentation is dropped.
+    With ``rbox`` (the clipped oriented box) also that, and ``area`` is its ``w * h``."""
+    ann = {k: v for k, v in source.items() if k not in ("segmentation", "area", "bbox", "rbox", "id", "image_id")}
     bx0, by0, bx1, by1 = box
     w, h = bx1 - bx0, by1 - by0
     ann.update(
@@ -302,6 +336,9 @@ def _tile_annotation(source: dict, box: np.ndarray, ann_id: int, tile_id: int) -
         area=round(float(w * h), 4),
         source_annotation_id=source.get("id"),
     )
+    if rbox:
+        ann["rbox"] = [round(float(v), 4) for v in rbox]
+        ann["area"] = round(float(rbox[2] * rbox[3]), 4)
     return ann
 
 
@@ -319,6 +356,7 @@ class _TiledDataset:
         """Cut one source image (``record``, its file ``path``) into tiles and write them."""
         counts = self.counts
         boxes, ignore, regular = _usable_boxes(anns, counts)
+        rboxes = [a.get("rbox") for a in regular] if any("rbox" in a for a in regular) else None
         counts["source_boxes"] += int((~ignore).sum())
         counts["ignore_regions"] += int(ignore.sum())
         seen = np.zeros(len(regular), dtype=bool)
@@ -326,7 +364,8 @@ class _TiledDataset:
         with Image.open(path) as image:
             image.load()  # decode once; every crop below reads the decoded pixels
             for window in tile_windows(width, height, self.tile, self.overlap):
-                regular_kept, rows, partial_dropped = _boxes_in_window(boxes, ignore, window, self.min_area_ratio)
+                regular_kept, rows, partial_dropped = _boxes_in_window(boxes, ignore, window, self.min_area_ratio,
+                                                                       rboxes)
                 counts["partial_dropped"] += partial_dropped
                 if self.drop_empty and len(regular_kept) == 0:
                     counts["empty_tiles_dropped"] += 1
@@ -336,8 +375,9 @@ class _TiledDataset:
                 tile_name = _tile_file_name(record["file_name"], window)
                 _save_image(image.crop(window), os.path.join(self.out_dir, "images", tile_name))
                 self.images.append(_tile_record(tile_id, tile_name, record, window))
-                for index, box in rows:
-                    self.annotations.append(_tile_annotation(regular[index], box, len(self.annotations) + 1, tile_id))
+                for index, box, rbox in rows:
+                    self.annotations.append(
+                        _tile_annotation(regular[index], box, len(self.annotations) + 1, tile_id, rbox))
                 counts["tile_boxes"] += len(regular_kept)
                 counts["tiles"] += 1
         counts["lost_boxes"] += int((~seen & ~ignore).sum())
@@ -362,6 +402,10 @@ def tile_coco_dataset(
     * Boxes follow :func:`clip_boxes_to_window`: clipped to the tile, kept if they retain at
       least ``min_area_ratio`` of their area, ``area`` recomputed as the clipped box's area
       (``segmentation`` is not carried over: polygons are not clipped).
+    * An oriented box (``rbox``, XYWHA: ``ugs-data soda-a``, ``ugs-data synth --oriented``) is
+      cut as a polygon (:func:`oriented_in_window`): kept if its oriented box keeps
+      ``min_area_ratio`` of its area, ``rbox`` = the clipped polygon's minimum-area rectangle,
+      ``bbox`` = the box around that polygon, ``area`` = the new rbox's ``w * h``.
     * Crowd / ignore regions (``iscrowd`` or ``ignore`` set) are clipped too and kept in every
       tile they overlap at all: a partly visible ignore region must still mute detections there.
     * Boxes with zero or negative width/height are dropped and counted.

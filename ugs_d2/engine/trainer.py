@@ -2,6 +2,7 @@
 import logging
 import os
 import re
+import traceback
 from typing import Optional
 
 import torch
@@ -15,7 +16,8 @@ from ugs_d2.engine.checkpoint import AtomicCheckpointer, CheckpointError
 from ugs_d2.engine.wandb_writer import build_wandb_writer
 from ugs_d2.evaluation.metrics import repair_truncated_tail
 
-__all__ = ["TrainingDiverged", "UGSTrainer", "keep_last_checkpoints", "one_line_error", "stop_on_non_finite_loss"]
+__all__ = ["TrainingDiverged", "UGSTrainer", "first_non_finite_parameter", "keep_last_checkpoints", "one_line_error",
+           "stop_on_non_finite_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ def keep_last_checkpoints(hooks: list, checkpointer, period: int, keep: int) -> 
             hook.recent_checkpoints = [os.path.join(run_dir, n) for n in left if _PERIODIC_CHECKPOINT.fullmatch(n)]
         rebuilt.append(hook)
     return rebuilt
+
+
+def first_non_finite_parameter(model) -> Optional[str]:
+    """The name of the first parameter holding a NaN or Inf, or None."""
+    return next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -149,6 +156,18 @@ class UGSTrainer(DefaultTrainer):
             raise TrainingDiverged(
                 f"training diverged: {first} at iteration {self.iter} (raised in the forward pass, "
                 "before the losses: lower schedule.base_lr or set ugs.grad_clip_norm)"
+            ) from None
+        except AssertionError as e:  # detectron2's matcher on the NaN IoUs of diverged boxes
+            name = first_non_finite_parameter(self.model)
+            if name is not None:
+                what = f"parameter {name} is not finite"
+            elif traceback.extract_tb(e.__traceback__)[-1].filename.endswith(os.path.join("modeling", "matcher.py")):
+                what = "the box matcher got NaN or negative IoUs (diverged boxes)"
+            else:
+                raise
+            raise TrainingDiverged(
+                f"training diverged: {what} at iteration {self.iter} (raised in the forward pass, before "
+                "the losses: lower schedule.base_lr or set ugs.grad_clip_norm)"
             ) from None
 
     def train(self):

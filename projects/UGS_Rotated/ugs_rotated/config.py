@@ -74,8 +74,8 @@ def check_oriented_input(cfg: CN) -> None:
                          "oriented boxes yet")
     tiling = cfg.get("TILING")
     if tiling is not None and (tiling.TRAIN.ENABLED or tiling.TEST.ENABLED):
-        raise ValueError("tiling.train / tiling.test are not supported with oriented boxes yet (tile the "
-                         "images beforehand)")
+        raise ValueError("tiling.train / tiling.test are not supported with oriented boxes yet (cut the "
+                         "images beforehand with ugs-tile dataset, which cuts oriented boxes as polygons)")
 
 
 def apply_rotated_architecture(cfg: CN) -> CN:
