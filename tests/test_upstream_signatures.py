@@ -182,6 +182,10 @@ SIGNATURES = {
     },
     "detectron2.evaluation.coco_evaluation:COCOEvaluator._eval_predictions":
         "(self, predictions, img_ids=None)",
+    # overridden by ugs_d2.evaluation.oriented.OrientedCOCOEvaluator
+    "detectron2.evaluation.evaluator:DatasetEvaluator.reset": "(self)",
+    "detectron2.evaluation.evaluator:DatasetEvaluator.process": "(self, inputs, outputs)",
+    "detectron2.evaluation.evaluator:DatasetEvaluator.evaluate": "(self)",
     # overridden by ugs_d2.harness.callbacks.CollectResults (a Hydra callback)
     "hydra.experimental.callback:Callback.on_job_start":
         "(self, config, *, task_function, **kwargs)",
