@@ -15,9 +15,9 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, List, Optional
 
-__all__ = ["Terminated", "interruptible", "reraise_if_interrupted"]
+__all__ = ["Terminated", "console_entry", "interruptible", "reraise_if_interrupted"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -71,3 +71,15 @@ def interruptible(prog: str, hint: str = "") -> Iterator[None]:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
+
+
+def console_entry(prog: str, run: Callable[[Optional[List[str]]], None], hint: str = "rerun the same command"):
+    """A command's console entry point: ``run(argv)`` inside :func:`interruptible`, so that its
+    errors are one line and Ctrl-C / SIGTERM too (exit 130 / 143)."""
+
+    def main(argv: Optional[List[str]] = None) -> None:
+        with interruptible(prog, hint):
+            run(argv)
+
+    main.__doc__ = f"``{prog}``'s console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."
+    return main

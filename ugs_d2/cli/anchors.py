@@ -29,6 +29,7 @@ from ugs_d2.analysis.anchors import (
 )
 from ugs_d2.cli.validate import CONFIG_DIR
 from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["load_base", "learn", "main"]
 
@@ -106,14 +107,6 @@ def learn(args: argparse.Namespace, print_line=print) -> Dict[str, Any]:
     return result
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-anchors: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -121,6 +114,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         learn(args)
     except (AnchorsError, DatasetError, OSError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

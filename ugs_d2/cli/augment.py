@@ -17,6 +17,7 @@ from typing import List, Optional
 from ugs_d2.data.augment_preview import AUGMENTATIONS, DEFAULT_IMAGES, DEFAULT_JSON, PreviewAugmentation
 from ugs_d2.data.coco_json import DatasetError
 from ugs_d2.fileio import write_atomic
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["main"]
 
@@ -80,14 +81,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"{PROG}: {message}")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-augment: ...``)."""
     from ugs_d2.data import augment_preview as preview
@@ -114,6 +107,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
     if args.aug == "crop":
         kept = sum(s["image"].shape[:2] == s["input_hw"] for s in samples)
         print(f"[{PROG}] {kept} of {len(samples)} samples left uncropped (no window avoided the small boxes)")
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from ugs_d2.data.classes import remap_categories
 from ugs_d2.data.coco_json import CocoError, DatasetError, read_coco_json
 from ugs_d2.fileio import write_json_atomic
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["format_summary", "main"]
 
@@ -86,14 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-classes: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -122,6 +115,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         raise SystemExit(f"{PROG}: {e}") from None
     print(format_summary(summary), end="")
     print(f"[{PROG}] wrote {args.out}", file=sys.stderr)
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

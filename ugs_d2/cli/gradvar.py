@@ -22,6 +22,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from ugs_d2.analysis.gradvar import GradVarError, compare_runs, describe_loss, report_sweep
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["main"]
 
@@ -69,14 +70,6 @@ def _runs_main(args: argparse.Namespace) -> None:
         print(table)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -93,6 +86,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
             _runs_main(args)
     except GradVarError as e:
         raise SystemExit(f"{PROG}: {e}") from None
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from ugs_d2.analysis.health import write_health
 from ugs_d2.data.coco_json import DatasetError
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["main"]
 
@@ -32,14 +33,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-health: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -51,6 +44,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         print(written["markdown"], end="")
     for path in written["paths"]:
         print(f"[{PROG}] wrote {path}", file=sys.stderr)
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

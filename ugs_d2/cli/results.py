@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from ugs_d2.analysis.results import CollectError
 from ugs_d2.analysis.sweep_report import PROG, collect_and_write
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["main"]
 
@@ -36,14 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-results: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -55,6 +48,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         print(written["markdown"], end="")
     for path in [written["md"], written["csv"], *written["png"]]:
         print(f"[{PROG}] wrote {path}", file=sys.stderr)
+
+
+main = console_entry(PROG, _main)
 
 
 if __name__ == "__main__":

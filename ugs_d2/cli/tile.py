@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from ugs_d2.data.tiling import format_counts, tile_coco_dataset
+from ugs_d2.interrupts import console_entry
 
 __all__ = ["main"]
 
@@ -52,14 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point; errors are one line, Ctrl-C / SIGTERM too (exit 130 / 143)."""
-    from ugs_d2.interrupts import interruptible
-
-    with interruptible(PROG, "the annotation json is written last: rerun the same command"):
-        _main(argv)
-
-
 def _main(argv: Optional[List[str]] = None) -> None:
     """Console entry point; errors are one line (``ugs-tile: ...``)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -85,6 +78,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         raise SystemExit(f"{PROG}: {e}") from None
     print(f"[{PROG}] {format_counts(counts)}")
     print(f"[{PROG}] wrote {out_json}")
+
+
+main = console_entry(PROG, _main, "the annotation json is written last: rerun the same command")
 
 
 if __name__ == "__main__":
