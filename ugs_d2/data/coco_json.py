@@ -2,11 +2,12 @@
 light CLIs can use it."""
 import json
 import os
-from typing import Tuple
+from typing import Dict, Iterable, Tuple
 
 __all__ = [
     "CocoError",
     "DatasetError",
+    "check_one_annotation_file_per_image",
     "GIGANTIC_IMAGE_SIDE",
     "gigantic_warning",
     "image_size",
@@ -22,6 +23,27 @@ class DatasetError(ValueError):
 class CocoError(DatasetError):
     """A COCO dict's content is malformed, or an option does not fit it (a class name that is
     not there); one line."""
+
+
+def check_one_annotation_file_per_image(
+    images: Dict[str, str], annotation_stems: Iterable[str], images_dir: str, annotations_dir: str,
+    extension: str, kind: str,
+) -> None:
+    """The readers of one annotation file per image (VisDrone's ``.txt``, SODA-A's ``.json``):
+    every image (``{stem: file name}``) has its file and every file its image, else one line
+    naming the first unpaired file and how many there are (``kind`` names the files)."""
+    annotation_stems = set(annotation_stems)
+    missing, orphans = sorted(set(images) - annotation_stems), sorted(annotation_stems - set(images))
+    if missing:
+        raise DatasetError(
+            f"{os.path.join(annotations_dir, missing[0] + extension)}: missing, but its image "
+            f"{images[missing[0]]} exists ({len(missing)} image(s) without {kind})"
+        )
+    if orphans:
+        raise DatasetError(
+            f"{os.path.join(annotations_dir, orphans[0] + extension)}: no image of that name in "
+            f"{images_dir} ({len(orphans)} {kind}(s) without image)"
+        )
 
 
 def read_coco_json(path: str) -> dict:

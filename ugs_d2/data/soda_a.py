@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ugs_d2.boxes import polygon_to_rotated_box
-from ugs_d2.data.coco_json import DatasetError, image_size
+from ugs_d2.data.coco_json import DatasetError, check_one_annotation_file_per_image, image_size
 from ugs_d2.fileio import write_json_atomic
 
 __all__ = ["CLASSES", "IGNORE", "SPLITS", "categories", "convert", "convert_split", "find_split",
@@ -97,13 +97,7 @@ def _pair_files(images_dir: str, annotations_dir: str) -> List[Tuple[str, str]]:
     jsons = {os.path.splitext(n)[0] for n in os.listdir(annotations_dir) if n.endswith(".json")}
     if not images:
         raise DatasetError(f"{images_dir}: no images: empty split")
-    missing, orphans = sorted(set(images) - jsons), sorted(jsons - set(images))
-    if missing:
-        raise DatasetError(f"{os.path.join(annotations_dir, missing[0] + '.json')}: missing, but its image "
-                           f"{images[missing[0]]} exists ({len(missing)} image(s) without json)")
-    if orphans:
-        raise DatasetError(f"{os.path.join(annotations_dir, orphans[0] + '.json')}: no image of that name in "
-                           f"{images_dir} ({len(orphans)} json(s) without image)")
+    check_one_annotation_file_per_image(images, jsons, images_dir, annotations_dir, ".json", "json")
     return [(os.path.join(images_dir, images[s]), os.path.join(annotations_dir, s + ".json")) for s in sorted(images)]
 
 

@@ -39,7 +39,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from ugs_d2.data.coco_json import DatasetError, gigantic_warning, image_size, is_gigantic
+from ugs_d2.data.coco_json import (
+    DatasetError,
+    check_one_annotation_file_per_image,
+    gigantic_warning,
+    image_size,
+    is_gigantic,
+)
 from ugs_d2.fileio import write_json_atomic
 
 __all__ = [
@@ -202,20 +208,9 @@ def _list_images(split_dir: str) -> List[str]:
 def _paired_images(split_dir: str, annotations_dir: str) -> List[str]:
     """The split's image names, after checking that every image has its ``.txt`` and vice versa."""
     image_names = _list_images(split_dir)
-    stems = {os.path.splitext(n)[0]: n for n in image_names}
-    txt_stems = {os.path.splitext(n)[0] for n in os.listdir(annotations_dir) if n.endswith(".txt")}
-    missing = sorted(set(stems) - txt_stems)
-    if missing:
-        raise DatasetError(
-            f"{os.path.join(annotations_dir, missing[0] + '.txt')}: missing, but its image "
-            f"{stems[missing[0]]} exists ({len(missing)} image(s) without annotation file)"
-        )
-    orphans = sorted(txt_stems - set(stems))
-    if orphans:
-        raise DatasetError(
-            f"{os.path.join(annotations_dir, orphans[0] + '.txt')}: no image of that name in "
-            f"{os.path.join(split_dir, 'images')} ({len(orphans)} annotation file(s) without image)"
-        )
+    txt_stems = [os.path.splitext(n)[0] for n in os.listdir(annotations_dir) if n.endswith(".txt")]
+    check_one_annotation_file_per_image({os.path.splitext(n)[0]: n for n in image_names}, txt_stems,
+                                        os.path.join(split_dir, "images"), annotations_dir, ".txt", "annotation file")
     return image_names
 
 
