@@ -4,7 +4,8 @@ One subcommand per benchmark; each parses its arguments in ``ugs_d2/cli/bench_<n
 runs :mod:`ugs_d2.bench` (``overhead``: training-step time, peak memory and inference time of
 every ``configs/ugs`` preset against ``off``; ``sahi``, ``tiling``: tiled inference; ``cocoeval``:
 the COCOeval backends; ``anchors``: anchor learning; ``ur``: UR's perturbation; ``overfit``:
-tiny overfit curves; ``help``: ``--help`` latency). Each writes a markdown report atomically
+tiny overfit curves; ``embedded``: the second embedded benchmark, trained in lanes and
+committed run by run; ``help``: ``--help`` latency). Each writes a markdown report atomically
 (``--out``) and prints it. Example::
 
     ugs-bench overhead                                   # all presets, defaults (~3 min on 2 CPUs)
@@ -27,6 +28,7 @@ def _subcommands() -> Dict:
     from ugs_d2.cli import (
         bench_anchors,
         bench_cocoeval,
+        bench_embedded,
         bench_help,
         bench_overfit,
         bench_overhead,
@@ -43,6 +45,7 @@ def _subcommands() -> Dict:
         "tiling": bench_tiling,
         "ur": bench_ur,
         "overfit": bench_overfit,
+        "embedded": bench_embedded,
         "help": bench_help,
     }
 
