@@ -140,7 +140,10 @@ def _curve(group: Optional[Group]) -> Dict[int, Stat]:
         for record in read_metrics(job.path):
             value = record.get("bbox/AP")
             if isinstance(value, (int, float)) and math.isfinite(value):
-                by_iteration.setdefault(int(record["iteration"]) + 1, []).append(float(value))
+                # a periodic evaluation is logged at the index of the step before it (99 for
+                # 100 steps done), the final one at max_iter
+                it = int(record["iteration"])
+                by_iteration.setdefault(it if it % 10 == 0 else it + 1, []).append(float(value))
     return {it: mean_std(values) for it, values in sorted(by_iteration.items())}
 
 
