@@ -185,3 +185,27 @@ def test_the_command_line(tmp_path, capsys):
         bench.run_command_line(["embedded", "--status", "model.roi.fc_dim=8"])
     with pytest.raises(SystemExit, match="ugs-bench: --seeds a: expected comma-separated integers"):
         bench.run_command_line(["embedded", "--status", "--seeds", "a"])
+
+
+def test_no_job_starts_after_stop_after(tmp_path):
+    jobs = embedded.plan([0])[:2]
+    spec = embedded.EmbeddedSpec(jobs, str(tmp_path / "results"), str(tmp_path / "work"), lanes=1,
+                                 stop_after_s=0.0)
+    outcomes = embedded.run_plan(spec, lambda line: None)
+    assert [(o.status, o.detail) for o in outcomes] == [("not started", "past --stop-after")] * 2
+    assert not os.path.exists(tmp_path / "work" / "table6")  # nothing was trained
+
+
+def test_a_job_another_process_is_training_is_left_to_it(tmp_path, tiny_dataset):
+    import fcntl
+
+    job = embedded.plan([0])[0]
+    run_dir = tmp_path / "work" / job.part / job.name
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "train.lock", "a+") as held:   # what a running ugs-train holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        spec = embedded.EmbeddedSpec([job], str(tmp_path / "results"), str(tmp_path / "work"), lanes=1,
+                                     extra_overrides=(*TINY_RUN, f"dataset.root={tiny_dataset}"))
+        (outcome,) = embedded.run_plan(spec, lambda line: None)
+    assert outcome.status == "busy" and "being trained by another process" in outcome.detail
+    assert not (tmp_path / "results" / "runs").exists() or not os.listdir(tmp_path / "results" / "runs")

@@ -10,14 +10,14 @@ Differences are paired by seed (UGS seed s minus baseline seed s), so seed-to-se
 shared by both runs cancels; "mean +- std" is over the pairs.
 """
 import argparse
-import math
 import os
 import shlex
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ugs_d2.analysis.gradvar import GradVarError, compare_sweep, format_mean_std, pair_sweep
-from ugs_d2.analysis.results import CollectError, Group, collect, mean_std
+from ugs_d2.analysis.results import CollectError, collect, mean_std
+from ugs_d2.bench.embedded_report import find_group, fmt, pair_bars, paired, per_seed  # shared with v2
 from ugs_d2.fileio import write_text_atomic
 
 # detector -> (sweep name, overrides that select it in that sweep)
@@ -32,34 +32,6 @@ TABLE6 = "embedded_table6"
 METRICS = ("AP", "AP50", "APs", "APm")
 APS_GAIN_TARGET = 1.5   # issue 6: UGS full vs baseline on Faster R-CNN, APs points
 GRADVAR_TARGET = 2.9    # paper Sec. 4.6: var(smooth-L1) / var(UGS), objects under 32 px
-
-
-def find_group(groups: Sequence[Group], **selected: str) -> Optional[Group]:
-    """The group whose overrides include every KEY=VALUE of ``selected``."""
-    matches = [g for g in groups if all(dict(g.key).get(k) == v for k, v in selected.items())]
-    return matches[0] if len(matches) == 1 else None
-
-
-def per_seed(group: Optional[Group], metric: str) -> Dict[str, float]:
-    out = {}
-    for job in group.complete if group else []:
-        value = job.results.get(metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            out[job.seed] = float(value)
-    return out
-
-
-def paired(base: Dict[str, float], other: Dict[str, float]) -> List[float]:
-    """other - base for every seed both have."""
-    return [other[s] - base[s] for s in sorted(set(base) & set(other))]
-
-
-def fmt(stat: Tuple[Optional[float], Optional[float], int], sign: bool = False) -> str:
-    mean, std, n = stat
-    if mean is None:
-        return "-"
-    text = f"{mean:+.2f}" if sign else f"{mean:.2f}"
-    return text + (f" +- {std:.2f}" if std is not None else "") + ("" if n == 3 else f" (n={n})")
 
 
 def _collect(multirun: str, sweep: str):
@@ -187,20 +159,8 @@ def plot(summary: Dict[str, object], path: str) -> Optional[str]:
     import matplotlib.pyplot as plt
 
     rows = summary["detectors"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    width = 0.38
-    for ax, metric in zip(axes, ("AP", "APs")):
-        for k, (label, colour) in enumerate((("ugs=off", "#888888"), ("ugs=full", "#1f77b4"))):
-            means = [r[metric][k][0] or 0.0 for r in rows]
-            stds = [r[metric][k][1] or 0.0 for r in rows]
-            xs = [i + (k - 0.5) * width for i in range(len(rows))]
-            ax.bar(xs, means, width, yerr=stds, capsize=3, label=label, color=colour)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([r["detector"] for r in rows], fontsize=8)
-        ax.set_title(f"{metric} (mean +- std over seeds)")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig = pair_bars([r["detector"] for r in rows], {m: [r[m][:2] for r in rows] for m in ("AP", "APs")},
+                    ("ugs=off", "ugs=full"))
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -223,6 +223,28 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def pair_bars(names: Sequence[str], stats: Dict[str, Sequence[Tuple[Stat, Stat]]], labels: Tuple[str, str]):
+    """One panel per metric of ``stats`` (metric -> per name (baseline, UGS) stats): grouped bars
+    of the means, error bars the std. Returns the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(stats), figsize=(max(10.0, 1.1 * len(names) * len(stats)), 3.8), squeeze=False)
+    for ax, (metric, rows) in zip(axes[0], stats.items()):
+        for k, (label, colour) in enumerate(zip(labels, ("#888888", "#1f77b4"))):
+            ax.bar([i + (k - 0.5) * 0.38 for i in range(len(rows))], [r[k][0] or 0.0 for r in rows], 0.38,
+                   yerr=[r[k][1] or 0.0 for r in rows], capsize=3, label=label, color=colour)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_title(f"{metric} (mean +- std over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_summary(summary: Dict[str, object], out: str) -> List[str]:
     """``out``.png (AP, APs per detector), ``out``_curves.png, ``out``_gradvar.png."""
     import matplotlib
@@ -232,19 +254,8 @@ def plot_summary(summary: Dict[str, object], out: str) -> List[str]:
 
     written = []
     rows = summary["detectors"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, metric in zip(axes, ("AP", "APs")):
-        for k, (label, colour) in enumerate((("baseline", "#888888"), ("full UGS", "#1f77b4"))):
-            means = [r["stats"][metric][k][0] or 0.0 for r in rows]
-            stds = [r["stats"][metric][k][1] or 0.0 for r in rows]
-            ax.bar([i + (k - 0.5) * 0.38 for i in range(len(rows))], means, 0.38, yerr=stds, capsize=3,
-                   label=label, color=colour)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([r["detector"] for r in rows], fontsize=8)
-        ax.set_title(f"{metric} (mean +- std over seeds)")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig = pair_bars([r["detector"] for r in rows], {m: [r["stats"][m][:2] for r in rows] for m in ("AP", "APs")},
+                    ("baseline", "full UGS"))
     written.append(_save(fig, out + ".png"))
     plt.close(fig)
 
