@@ -169,7 +169,11 @@ def test_summary_pairs_seeds_and_states_the_targets(tmp_path):
     assert "Full UGS against smooth-L1 (paired): Δ AP +1.67 +- 0.76" in text
     assert "with paired std below the gain: +2.00 +- 1.00 -> **met**" in text
     assert "- RetinaNet: full UGS not worse than its baseline beyond one std (AP): **missed**" in text
-    assert "- GFL V1: full UGS not worse than its baseline beyond one std (AP): **not measured**" in text
+    assert "- GFL V1: full UGS not worse than its baseline beyond one std (AP): **not established" in text
+    # the paper's Table 6 order, the other grid reading after the listed rows
+    section = text.split("## Table 6")[1].split("Full UGS against")[0]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["| row", "| l1", "| smooth_l1", "| full", "| full (roi.grid_form=normalized,rpn.grid_form=normalized)"]
     assert "objects < 32 px, last window, 3 seed pair(s): 3 +- 0 (paper >= 2.9) -> **met**" in text
     assert "| l1 | 3 | lt32 | 4 +- 0 |" in text
     for name in ("summary.md", "summary.png", "summary_curves.png", "summary_gradvar.png", "table6.md",
@@ -209,3 +213,13 @@ def test_a_job_another_process_is_training_is_left_to_it(tmp_path, tiny_dataset)
         (outcome,) = embedded.run_plan(spec, lambda line: None)
     assert outcome.status == "busy" and "being trained by another process" in outcome.detail
     assert not (tmp_path / "results" / "runs").exists() or not os.listdir(tmp_path / "results" / "runs")
+
+
+def test_no_verdict_before_every_seed_is_in(tmp_path):
+    _committed(tmp_path, "table6", ["ugs=l1", "seed=0"], 10.0, 10.0, _faithful(4.0))
+    _committed(tmp_path, "table6", ["ugs=full", "seed=0"], 14.0, 14.0, _faithful(1.0))
+    _committed(tmp_path, "table6", ["ugs=smooth_l1", "seed=0"], 10.0, 10.0, _faithful(4.0))
+    text = embedded_report.render_summary(embedded_report.summarize(str(tmp_path)), "cmd")
+    assert "below the gain: +4.00 (n=1) -> **not established** (1 of 3 seed pairs)" in text
+    assert "- Faster R-CNN: full UGS not worse than its baseline beyond one std (AP): **not established" in text
+    assert "1 seed pair(s): 4 (paper >= 2.9) -> **not established**" in text
