@@ -286,6 +286,8 @@ def plot_summary(summary: Dict[str, object], out: str) -> List[str]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="grey")
     axes[0][0].set_ylabel("bbox AP (val)")
     fig.tight_layout()
     written.append(_save(fig, out + "_curves.png"))
