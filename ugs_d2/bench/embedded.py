@@ -36,10 +36,11 @@ from ugs_d2.fileio import TMP_PREFIX
 
 __all__ = [
     "Job", "EmbeddedSpec", "PARTS", "SEEDS", "plan", "select_jobs", "job_status", "thin_metrics",
-    "commit_run", "run_plan", "RESULTS_DIR", "RUNS_SUBDIR",
+    "commit_run", "run_plan", "RESULTS_DIR", "RUNS_SUBDIR", "WORK_DIR",
 ]
 
 RESULTS_DIR = "results/embedded_v2"
+WORK_DIR = "outputs/embedded_v2"
 RUNS_SUBDIR = "runs"
 SEEDS = (0, 1, 2)
 PARTS = ("table6", "detectors", "cascade")
@@ -110,6 +111,11 @@ def select_jobs(jobs: Sequence[Job], parts: Optional[Sequence[str]] = None,
     return selected
 
 
+def run_dir_of(work_dir: str, job: Job) -> str:
+    """Where ``job`` trains (checkpoints, logs) under ``work_dir``."""
+    return os.path.join(work_dir, job.part, job.name)
+
+
 def committed_dir(results_dir: str, job: Job) -> str:
     return os.path.join(results_dir, RUNS_SUBDIR, job.part, job.name)
 
@@ -119,7 +125,7 @@ def job_status(results_dir: str, work_dir: str, job: Job) -> str:
     not committed yet), ``started`` (a run directory without ``done``) or ``missing``."""
     if is_done(committed_dir(results_dir, job)):
         return "committed"
-    run_dir = os.path.join(work_dir, job.part, job.name)
+    run_dir = run_dir_of(work_dir, job)
     if is_done(run_dir):
         return "finished"
     return "started" if os.path.isdir(run_dir) else "missing"
@@ -195,7 +201,7 @@ class EmbeddedSpec:
 
     jobs: List[Job]
     results_dir: str = RESULTS_DIR
-    work_dir: str = "outputs/embedded_v2"
+    work_dir: str = WORK_DIR
     lanes: int = 2
     threads: int = 1                    # torch threads per lane
     stop_after_s: Optional[float] = None  # start no job after this many seconds
@@ -227,7 +233,7 @@ def _git_commit(path: str, message: str, lock: threading.Lock, log: Callable[[st
 
 def _train(spec: EmbeddedSpec, job: Job, log_dir: str) -> Tuple[int, str]:
     """Train one job in its run directory (resuming it); (exit code, last line of its log)."""
-    run_dir = os.path.join(spec.work_dir, job.part, job.name)
+    run_dir = run_dir_of(spec.work_dir, job)
     env = dict(os.environ, OMP_NUM_THREADS=str(spec.threads), MKL_NUM_THREADS=str(spec.threads))
     log_path = os.path.join(log_dir, f"{job.part}.{job.name}.log")
     with open(log_path, "a") as out:
@@ -272,7 +278,7 @@ def run_plan(spec: EmbeddedSpec, log: Callable[[str], None]) -> List[Outcome]:
         while (job := next_job()) is not None:
             log(f"lane {number}: {job.part} {job.name}")
             rc, last = _train(spec, job, log_dir)
-            run_dir = os.path.join(spec.work_dir, job.part, job.name)
+            run_dir = run_dir_of(spec.work_dir, job)
             if rc != 0 or not is_done(run_dir):
                 busy = "being trained by another process" in last
                 outcomes[job] = Outcome(job, "busy" if busy else "failed", last[:300])

@@ -91,7 +91,7 @@ def _row_label(group: Group) -> str:
     key = dict(group.key)
     label = key.pop("ugs", "?")
     key.pop("experiment", None)
-    extra = ",".join(f"{k.rsplit('.', 2)[-2]}.{k.rsplit('.', 1)[-1]}={v}" if k in GRID_KEYS else f"{k}={v}"
+    extra = ",".join(f"{k.split('.', 1)[1]}={v}" if k in GRID_KEYS else f"{k}={v}"
                      for k, v in sorted(key.items()))
     return label + (f" ({extra})" if extra else "")
 

@@ -38,8 +38,8 @@ def add_parser(sub) -> None:
                    help="train nothing: regenerate the tables, plots and summary from the committed runs")
     p.add_argument("--results-dir", default=embedded.RESULTS_DIR,
                    help=f"committed runs (RESULTS_DIR/runs) and the report (default: {embedded.RESULTS_DIR})")
-    p.add_argument("--work-dir", default="outputs/embedded_v2",
-                   help="where runs train: checkpoints, logs (default: outputs/embedded_v2)")
+    p.add_argument("--work-dir", default=embedded.WORK_DIR,
+                   help=f"where runs train: checkpoints, logs (default: {embedded.WORK_DIR})")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help=f"only overrides that do not change a run's result: {_SAFE}")
