@@ -469,12 +469,15 @@ def compare_sweep(pairs: Sequence[Pair], mean: bool = False) -> Comparison:
     return _over_pairs(per_pair, ("ratio", "cv2_ratio", "mag_ratio"))
 
 
-def compare_sweep_faithful(pairs: Sequence[Pair], mean: bool = False) -> Comparison:
+def compare_sweep_faithful(pairs: Sequence[Pair], mean: bool = False,
+                           iteration: Optional[int] = None) -> Comparison:
     """:func:`compare_sweep` for the across-iterations probe: per bucket, mean, std and n over
-    the pairs of ``cv2_ratio``, ``var_ratio`` and ``mean_ratio``, and the mean object counts."""
+    the pairs of ``cv2_ratio``, ``var_ratio`` and ``mean_ratio``, and the mean object counts.
+    ``iteration``: the windows that end there instead of each run's last (see :func:`compare`)."""
     per_pair: Dict[str, List[Dict[str, object]]] = {}
     for label, run_a, run_b in pairs:
-        _, rows = compare_faithful(load_faithful(run_a), load_faithful(run_b), run_a, run_b, mean=mean)
+        _, rows = compare_faithful(load_faithful(run_a), load_faithful(run_b), run_a, run_b,
+                                   iteration=iteration, mean=mean)
         per_pair[label] = rows
     return _over_pairs(per_pair, tuple(FAITHFUL_RATIOS))
 
