@@ -334,7 +334,8 @@ def plot_summary(summary: Dict[str, object], out: str) -> List[str]:
     for k, (baseline, gradvar) in enumerate(summary["gradvar"].items()):
         if not gradvar:
             continue
-        windows = sorted(it for it, rows in gradvar.get("windows", {}).items() if "lt32" in rows)
+        windows = sorted(it for it, rows in gradvar.get("windows", {}).items()
+                         if rows.get("lt32", {}).get("cv2_ratio", (None,))[0] is not None)
         if windows:
             stats = [gradvar["windows"][it]["lt32"]["cv2_ratio"] for it in windows]
             ax_windows.errorbar([it + 1 for it in windows], [m for m, _, _ in stats],
