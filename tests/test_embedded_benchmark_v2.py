@@ -187,7 +187,9 @@ def test_summary_pairs_seeds_and_states_the_targets(tmp_path):
 
 
 def test_the_command_line(tmp_path, capsys):
-    status = bench.run_command_line(["embedded", "--status", "--results-dir", str(tmp_path), "--parts", "detectors"])
+    # its own work dir too: the repository's outputs/embedded_v2 may hold runs in progress
+    status = bench.run_command_line(["embedded", "--status", "--results-dir", str(tmp_path),
+                                     "--work-dir", str(tmp_path / "work"), "--parts", "detectors"])
     assert status["report"].startswith("18 jobs: 18 missing")
     assert "missing    detectors  model=retinanet_r18_fpn,seed=0,ugs=off" in status["report"]
     with pytest.raises(SystemExit, match=r"ugs-bench: override model.roi.fc_dim=8: only device=\.\.\."):
